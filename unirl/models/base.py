@@ -1,0 +1,80 @@
+"""The interface every unified-model backend provides (see DESIGN.md, "The model interface")."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Images for understanding: one tensor [N,3,H,W] in [0,1] (one image per sample), or a list of
+# N tensors [k,3,H,W] (k images per sample: jigsaw tiles, video clips, marked views).
+Images = torch.Tensor | list[torch.Tensor]
+
+
+@dataclass
+class ImageRollout:
+    """What `generate_images` returns. N = len(prompts) * num_per_prompt, prompt-major."""
+
+    images: torch.Tensor  # float [N,3,H,W] in [0,1]
+    tokens: torch.Tensor  # long [N,T]
+    logprobs: torch.Tensor  # float [N,T]: log-prob of each sampled token where it was drawn
+    prompts: list[str]  # [N], the prompt of each sample
+    sampling: dict[str, Any] = field(default_factory=dict)  # guidance, temperature, seed, ...
+    extra: dict[str, Any] = field(default_factory=dict)  # backend-specific (e.g. Show-o's unmasking order)
+
+
+class UnifiedModel(abc.ABC):
+    """A model that generates images as discrete tokens and answers questions about images."""
+
+    backend: str
+    spec: str  # how it was loaded, recorded with every result
+    module: torch.nn.Module  # the trainable network
+    device: torch.device
+    dtype: torch.dtype
+
+    @abc.abstractmethod
+    def generate_images(self, prompts: list[str], num_per_prompt: int = 1, guidance: float = 5.0,
+                        temperature: float = 1.0, seed: int = 0) -> ImageRollout: ...
+
+    @abc.abstractmethod
+    def image_token_logprobs(self, prompts_per_sample: list[str], tokens: torch.Tensor, guidance: float = 5.0,
+                             temperature: float = 1.0, rollout: ImageRollout | None = None) -> torch.Tensor: ...
+
+    @abc.abstractmethod
+    def answer(self, images: Images, questions: list[str], max_new_tokens: int = 32) -> list[str]: ...
+
+    @abc.abstractmethod
+    def answer_logprobs(self, images: Images, questions: list[str], answers: list[str]) -> torch.Tensor: ...
+
+    @abc.abstractmethod
+    def yes_no(self, images: Images, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    @abc.abstractmethod
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write a folder that `load_model(path)` reads back (safetensors weights + configs)."""
+
+    @property
+    def num_image_tokens(self) -> int:
+        raise NotImplementedError
+
+
+def resolve_device_dtype(device: str | torch.device | None, dtype: str | torch.dtype | None
+                         ) -> tuple[torch.device, torch.dtype]:
+    """Defaults: cuda when available; bfloat16 on GPU, float32 on CPU."""
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype is None:
+        dt = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    elif isinstance(dtype, torch.dtype):
+        dt = dtype
+    else:
+        names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                 "float16": torch.float16, "fp16": torch.float16}
+        if dtype not in names:
+            from unirl.errors import UnirlError
+
+            raise UnirlError(f"dtype: expected one of {sorted(names)}, got {dtype!r}")
+        dt = names[dtype]
+    return dev, dt

@@ -1,0 +1,316 @@
+"""Janus / Janus-Pro through transformers' JanusForConditionalGeneration.
+
+We use transformers' modules as they are (vision tower, aligner, VQ-VAE, Llama LM, generation
+embeddings and head) and write only the loops around them, because RL needs what
+`generate` does not give: the log-prob of every sampled image token, a teacher-forced pass
+that reproduces it exactly, a fixed seed per call, and batched yes/no judging.
+
+Prompt formats follow Janus' own "deepseek" SFT format:
+  generation     ``<|User|>: {prompt}\\n\\n<|Assistant|>:<begin_of_image>``
+  understanding  ``<|User|>: <begin_of_image><image_placeholder>*n<end_of_image>\\n{question}\\n\\n<|Assistant|>:``
+Classifier-free guidance as Janus does it: the unconditional row keeps BOS and BOI and
+replaces every other prompt token with PAD; guided logits = u + g·(c − u), so g = 1 is no CFG.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import JanusConfig, JanusForConditionalGeneration, JanusImageProcessor, JanusProcessor
+
+from unirl.errors import UnirlError
+from unirl.models.base import ImageRollout, Images, UnifiedModel
+from unirl.models.tokenizer import ASSISTANT, USER, build_byte_bpe_tokenizer
+
+MODEL_CARD = "unirl_model.json"  # marks a folder this toolkit saved; names the backend
+
+
+def tiny_janus_config(vocab_size: int, image_token_id: int, bos: int, eos: int, pad: int, *, image_size: int = 32,
+                      patch_size: int = 8, hidden: int = 64, layers: int = 2, codebook: int = 64) -> JanusConfig:
+    """A random-init Janus small enough to build in milliseconds on a CPU (for tests)."""
+    grid = image_size // patch_size
+    return JanusConfig(
+        text_config=dict(model_type="llama", vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=1024, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad),
+        vision_config=dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4, image_size=image_size,
+                           patch_size=patch_size, projection_dim=hidden, num_image_tokens=grid * grid, mlp_ratio=2.0),
+        # Four resolutions: the VQ decoder upsamples the token grid 8x; GroupNorm(32) needs >= 32 channels.
+        vq_config=dict(embed_dim=8, num_embeddings=codebook, latent_channels=32, base_channels=32,
+                       channel_multiplier=[1, 1, 2, 2], num_res_blocks=1, projection_dim=hidden,
+                       image_token_embed_dim=hidden),
+        image_token_id=image_token_id,
+    )
+
+
+def build_tiny_janus(seed: int = 0, **config_kwargs) -> tuple[JanusForConditionalGeneration, JanusProcessor]:
+    tokenizer = build_byte_bpe_tokenizer()
+    config = tiny_janus_config(len(tokenizer), tokenizer.convert_tokens_to_ids(tokenizer.image_token),
+                               tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                               **config_kwargs)
+    size = config.vision_config.image_size
+    processor = JanusProcessor(image_processor=JanusImageProcessor(size={"height": size, "width": size}),
+                               tokenizer=tokenizer, num_image_tokens=config.vision_config.num_image_tokens)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = JanusForConditionalGeneration(config)
+    return model, processor
+
+
+class JanusModel(UnifiedModel):
+    backend = "janus"
+
+    def __init__(self, hf_model: JanusForConditionalGeneration, processor: JanusProcessor, spec: str,
+                 device: torch.device, dtype: torch.dtype):
+        self.module = hf_model.to(device=device, dtype=dtype).eval()  # eval: no dropout; grads still flow
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.spec, self.device, self.dtype = spec, device, dtype
+        tok = self.tokenizer
+        self.bos_id, self.pad_id, self.eos_id = tok.bos_token_id, tok.pad_token_id, tok.eos_token_id
+        self.boi_id = tok.convert_tokens_to_ids(tok.boi_token)
+        ip = processor.image_processor
+        self.image_size = ip.size["height"]
+        self.image_mean = torch.tensor(ip.image_mean, device=device).view(1, 3, 1, 1)
+        self.image_std = torch.tensor(ip.image_std, device=device).view(1, 3, 1, 1)
+        self.background = torch.tensor(ip.background_color, device=device).view(1, 3, 1, 1) / 255.0
+        self.yes_ids, self.no_ids = self._answer_word_ids(("yes", "Yes")), self._answer_word_ids(("no", "No"))
+        if set(self.yes_ids) & set(self.no_ids):
+            raise UnirlError(f"{spec}: tokenizer does not give 'yes' and 'no' distinct first tokens")
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def lm(self) -> torch.nn.Module:
+        return self.module.model.language_model
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.module.config.vision_config.num_image_tokens
+
+    def _answer_word_ids(self, words: tuple[str, ...]) -> list[int]:
+        """First token ids of " word" (after "<|Assistant|>:", answers start with a space)."""
+        ids = {self.tokenizer.encode(" " + w, add_special_tokens=False)[0] for w in words}
+        return sorted(ids)
+
+    # ----------------------------------------------------------------- prompt building
+    def generation_text(self, prompt: str) -> str:
+        return f"{USER}: {prompt}\n\n{ASSISTANT}:{self.tokenizer.boi_token}"
+
+    def understanding_text(self, question: str, num_images: int = 1) -> str:
+        tok = self.tokenizer
+        block = tok.boi_token + tok.image_token * self.num_image_tokens + tok.eoi_token
+        return f"{USER}: {block * num_images}\n{question}\n\n{ASSISTANT}:"
+
+    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r)
+            mask[i, width - len(r):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _generation_inputs(self, prompts: list[str], guidance: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and mask for the cond rows, with the uncond rows appended when guidance != 1."""
+        rows = self.tokenizer([self.generation_text(p) for p in prompts], add_special_tokens=True)["input_ids"]
+        ids, mask = self._left_pad(rows)
+        if guidance != 1.0:
+            keep = (ids == self.bos_id) | (ids == self.boi_id) | (mask == 0)
+            uncond = torch.where(keep, ids, torch.full_like(ids, self.pad_id))
+            ids, mask = torch.cat([ids, uncond]), torch.cat([mask, mask])
+        return ids, mask
+
+    @staticmethod
+    def _positions(mask: torch.Tensor) -> torch.Tensor:
+        return (mask.cumsum(-1) - 1).clamp(min=0)
+
+    @staticmethod
+    def _guided_logprobs(logits: torch.Tensor, batch: int, guidance: float, temperature: float) -> torch.Tensor:
+        """logits: [R, ..., V] with R = batch (no CFG) or 2*batch (cond rows, then uncond rows)."""
+        logits = logits.float()
+        if guidance != 1.0:
+            cond, uncond = logits[:batch], logits[batch:]
+            logits = uncond + guidance * (cond - uncond)
+        return torch.log_softmax(logits / (temperature if temperature > 0 else 1.0), dim=-1)
+
+    # ----------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate_images(self, prompts: list[str], num_per_prompt: int = 1, guidance: float = 5.0,
+                        temperature: float = 1.0, seed: int = 0) -> ImageRollout:
+        if not prompts:
+            raise UnirlError("generate_images: expected at least one prompt")
+        per_sample = [p for p in prompts for _ in range(num_per_prompt)]
+        batch, steps = len(per_sample), self.num_image_tokens
+        ids, mask = self._generation_inputs(per_sample, guidance)
+        positions = self._positions(mask)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+
+        out = self.lm(inputs_embeds=self.module.get_input_embeddings()(ids), attention_mask=mask,
+                      position_ids=positions, use_cache=True)
+        cache, hidden = out.cache, out.last_hidden_state[:, -1]
+        position = positions[:, -1:]
+        tokens = torch.empty((batch, steps), dtype=torch.long, device=self.device)
+        logprobs = torch.empty((batch, steps), dtype=torch.float32, device=self.device)
+        for t in range(steps):
+            step_logprobs = self._guided_logprobs(self.module.model.generation_head(hidden), batch, guidance,
+                                                  temperature)
+            if temperature > 0:
+                token = torch.multinomial(step_logprobs.exp(), 1, generator=generator).squeeze(-1)
+            else:
+                token = step_logprobs.argmax(-1)
+            tokens[:, t] = token
+            logprobs[:, t] = step_logprobs.gather(-1, token[:, None]).squeeze(-1)
+            if t == steps - 1:
+                break
+            rows = token.repeat(ids.shape[0] // batch)
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            position = position + 1
+            out = self.lm(inputs_embeds=self.module.prepare_embeddings_for_image_generation(rows[:, None]),
+                          attention_mask=mask, position_ids=position, cache=cache, use_cache=True)
+            cache, hidden = out.cache, out.last_hidden_state[:, -1]
+        images = self.decode_tokens(tokens)
+        sampling = dict(guidance=guidance, temperature=temperature, seed=seed, num_per_prompt=num_per_prompt)
+        return ImageRollout(images=images, tokens=tokens, logprobs=logprobs, prompts=per_sample, sampling=sampling)
+
+    @torch.no_grad()
+    def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Image tokens [N,T] → images [N,3,H,W] in [0,1], in one batched VQ decode."""
+        pixels = self.module.model.vqmodel.decode(tokens)
+        return ((pixels.float() + 1) / 2).clamp(0, 1)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [N,3,H,W] in [0,1] at the VQ resolution → image tokens [N,T]."""
+        out = self.module.model.vqmodel.encode(images.to(self.device, self.dtype) * 2 - 1)
+        return out.image_tokens.view(images.shape[0], -1)
+
+    def image_token_logprobs(self, prompts_per_sample: list[str], tokens: torch.Tensor, guidance: float = 5.0,
+                             temperature: float = 1.0, rollout: ImageRollout | None = None) -> torch.Tensor:
+        """One teacher-forced pass: log p(token_t | prompt, tokens_<t) under the guided distribution."""
+        batch, steps = tokens.shape
+        if len(prompts_per_sample) != batch:
+            raise UnirlError(f"image_token_logprobs: {len(prompts_per_sample)} prompts for {batch} token rows")
+        tokens = tokens.to(self.device)
+        ids, mask = self._generation_inputs(prompts_per_sample, guidance)
+        rows = tokens[:, :-1].repeat(ids.shape[0] // batch, 1)
+        embeds = torch.cat([self.module.get_input_embeddings()(ids),
+                            self.module.prepare_embeddings_for_image_generation(rows)], dim=1)
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], steps - 1)], dim=1)
+        hidden = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=self._positions(mask),
+                         use_cache=False).last_hidden_state
+        # The hidden state at BOI predicts token 0; at image token t it predicts token t+1.
+        hidden = hidden[:, ids.shape[1] - 1:]
+        logprobs = self._guided_logprobs(self.module.model.generation_head(hidden), batch, guidance, temperature)
+        return logprobs.gather(-1, tokens[..., None]).squeeze(-1)
+
+    # ----------------------------------------------------------------- understanding
+    def preprocess_images(self, images: torch.Tensor) -> torch.Tensor:
+        """[N,3,H,W] in [0,1] → the vision tower's input: padded square, resized, normalised (batched)."""
+        images = images.to(self.device, torch.float32)
+        h, w = images.shape[-2:]
+        if h != w:  # pad to a square with the processor's background colour, as JanusImageProcessor does
+            side = max(h, w)
+            canvas = self.background.expand(images.shape[0], 3, side, side).clone()
+            top, left = (side - h) // 2, (side - w) // 2
+            canvas[:, :, top:top + h, left:left + w] = images
+            images = canvas
+        if images.shape[-1] != self.image_size:
+            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bicubic",
+                                   antialias=True, align_corners=False).clamp(0, 1)
+        return ((images - self.image_mean) / self.image_std).to(self.dtype)
+
+    def _understanding_batch(self, images: Images, questions: list[str], answers: list[str] | None = None,
+                             eos: bool = False) -> tuple[dict, list[int]]:
+        """Model inputs for N (images, question[, answer]) samples; also each answer's token count."""
+        if isinstance(images, torch.Tensor):
+            if images.dim() != 4 or images.shape[1] != 3:
+                raise UnirlError(f"images: expected a tensor [N,3,H,W], got shape {tuple(images.shape)}")
+            per_sample = [1] * images.shape[0]
+            pixels = images
+        else:
+            per_sample = [img.shape[0] for img in images]
+            pixels = torch.cat(list(images)) if images else torch.empty(0, 3, 1, 1)
+        if len(per_sample) != len(questions):
+            raise UnirlError(f"understanding: {len(per_sample)} image samples for {len(questions)} questions")
+        prompt_rows = self.tokenizer([self.understanding_text(q, k) for q, k in zip(questions, per_sample)],
+                                     add_special_tokens=True)["input_ids"]
+        answer_lengths = []
+        if answers is not None:
+            answer_rows = self.tokenizer([" " + a for a in answers], add_special_tokens=False)["input_ids"]
+            if eos:
+                answer_rows = [r + [self.eos_id] for r in answer_rows]
+            prompt_rows = [p + a for p, a in zip(prompt_rows, answer_rows)]
+            answer_lengths = [len(a) for a in answer_rows]
+        ids, mask = self._left_pad(prompt_rows)
+        inputs = dict(input_ids=ids, attention_mask=mask, position_ids=self._positions(mask),
+                      pixel_values=self.preprocess_images(pixels))
+        return inputs, answer_lengths
+
+    def _lm_logits(self, inputs: dict, **kwargs) -> tuple[torch.Tensor, object]:
+        out = self.module.model(**inputs, **kwargs)
+        return self.module.lm_head(out.last_hidden_state), out.cache
+
+    @torch.no_grad()
+    def answer(self, images: Images, questions: list[str], max_new_tokens: int = 32) -> list[str]:
+        """Greedy answers, batched, with a KV cache."""
+        inputs, _ = self._understanding_batch(images, questions)
+        logits, cache = self._lm_logits(inputs, use_cache=True)
+        mask, position = inputs["attention_mask"], inputs["position_ids"][:, -1:]
+        done = torch.zeros(len(questions), dtype=torch.bool, device=self.device)
+        generated = []
+        for _ in range(max_new_tokens):
+            token = logits[:, -1].argmax(-1)
+            token = torch.where(done, torch.full_like(token, self.pad_id), token)
+            generated.append(token)
+            done |= token == self.eos_id
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            position = position + 1
+            logits, cache = self._lm_logits(dict(input_ids=token[:, None], attention_mask=mask,
+                                                 position_ids=position), cache=cache, use_cache=True)
+        rows = torch.stack(generated, dim=1).tolist()
+        return [self.tokenizer.decode(r, skip_special_tokens=True).strip() for r in rows]
+
+    def answer_logprobs(self, images: Images, questions: list[str], answers: list[str],
+                        eos: bool = True) -> torch.Tensor:
+        """Sum of log p(answer tokens [+ EOS]) given image and question; differentiable. [N]"""
+        inputs, lengths = self._understanding_batch(images, questions, answers, eos=eos)
+        logits, _ = self._lm_logits(inputs)
+        ids = inputs["input_ids"]
+        logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        # Left padding puts every answer at the end of its row.
+        width = logprobs.shape[1]
+        span = torch.arange(width, device=self.device)[None] >= width - torch.tensor(lengths, device=self.device)[:, None]
+        return (logprobs * span).sum(-1)
+
+    def yes_no(self, images: Images, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """p(yes), p(no) from the next-token distribution after the question. [N], [N]"""
+        inputs, _ = self._understanding_batch(images, questions)
+        out = self.module.model(**inputs)
+        probs = torch.softmax(self.module.lm_head(out.last_hidden_state[:, -1]).float(), dim=-1)
+        return probs[:, self.yes_ids].sum(-1), probs[:, self.no_ids].sum(-1)
+
+    # ----------------------------------------------------------------- saving
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.module.save_pretrained(path, safe_serialization=True)
+        self.processor.save_pretrained(path)
+        (path / MODEL_CARD).write_text(json.dumps({"backend": self.backend, "base": self.spec}, indent=1))
+
+
+def load_janus_folder(path: str, spec: str, device: torch.device, dtype: torch.dtype) -> JanusModel:
+    """An HF-format Janus folder (or a hub id where the hub is reachable)."""
+    local = Path(path).is_dir()
+    try:
+        processor = JanusProcessor.from_pretrained(path, local_files_only=local)
+        model = JanusForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=local,
+                                                              use_safetensors=True)
+    except OSError as e:
+        where = f"{path}: not a complete Janus folder" if local else f"{path}: no such folder, and not on the hub"
+        raise UnirlError(f"{where} ({str(e).splitlines()[0]})") from None
+    return JanusModel(model, processor, spec=spec, device=device, dtype=dtype)
