@@ -284,7 +284,8 @@ class JanusModel(UnifiedModel):
         logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         # Left padding puts every answer at the end of its row.
         width = logprobs.shape[1]
-        span = torch.arange(width, device=self.device)[None] >= width - torch.tensor(lengths, device=self.device)[:, None]
+        starts = width - torch.tensor(lengths, device=self.device)[:, None]
+        span = torch.arange(width, device=self.device)[None] >= starts
         return (logprobs * span).sum(-1)
 
     def yes_no(self, images: Images, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
