@@ -80,6 +80,11 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         return {k: _coerce(v, val_tp, f"{key}.{k}", source) for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # PyYAML reads 1e-5 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp in (int, float) and isinstance(value, bool):
         raise UnirlError(f"{source}: '{key}' expected {tp.__name__}, got {value!r}")
     if isinstance(tp, type) and not isinstance(value, tp):

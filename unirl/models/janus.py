@@ -29,18 +29,27 @@ MODEL_CARD = "unirl_model.json"  # marks a folder this toolkit saved; names the 
 
 
 def tiny_janus_config(vocab_size: int, image_token_id: int, bos: int, eos: int, pad: int, *, image_size: int = 32,
-                      patch_size: int = 8, hidden: int = 64, layers: int = 2, codebook: int = 64) -> JanusConfig:
-    """A random-init Janus small enough to build in milliseconds on a CPU (for tests)."""
+                      patch_size: int = 8, hidden: int = 64, layers: int = 2, heads: int = 4,
+                      codebook: int = 64, vq_channels: int = 32, vq_multipliers: tuple[int, ...] = (1, 1, 2, 2),
+                      vision_hidden: int | None = None, vision_layers: int | None = None) -> JanusConfig:
+    """A random-init Janus; the defaults build in milliseconds on a CPU (for tests). The VQ
+    decoder upsamples the token grid by 2^(len(vq_multipliers)-1), which must give image_size."""
     grid = image_size // patch_size
+    if grid * 2 ** (len(vq_multipliers) - 1) != image_size:
+        raise UnirlError(f"vq_multipliers: {len(vq_multipliers)} levels do not upsample a {grid}x{grid} token grid "
+                         f"to {image_size} px")
+    vision_hidden = vision_hidden or hidden
     return JanusConfig(
-        text_config=dict(model_type="llama", vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=1024, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad),
-        vision_config=dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4, image_size=image_size,
-                           patch_size=patch_size, projection_dim=hidden, num_image_tokens=grid * grid, mlp_ratio=2.0),
-        # Four resolutions: the VQ decoder upsamples the token grid 8x; GroupNorm(32) needs >= 32 channels.
-        vq_config=dict(embed_dim=8, num_embeddings=codebook, latent_channels=32, base_channels=32,
-                       channel_multiplier=[1, 1, 2, 2], num_res_blocks=1, projection_dim=hidden,
+        text_config=dict(model_type="llama", vocab_size=vocab_size, hidden_size=hidden,
+                         intermediate_size=(8 * hidden) // 3,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                         max_position_embeddings=4096, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad),
+        vision_config=dict(hidden_size=vision_hidden, num_hidden_layers=vision_layers or layers,
+                           num_attention_heads=4, image_size=image_size, patch_size=patch_size, projection_dim=hidden,
+                           num_image_tokens=grid * grid, mlp_ratio=2.0),
+        # GroupNorm(32) in the VQ-VAE needs at least 32 channels.
+        vq_config=dict(embed_dim=8, num_embeddings=codebook, latent_channels=vq_channels, base_channels=vq_channels,
+                       channel_multiplier=list(vq_multipliers), num_res_blocks=1, projection_dim=hidden,
                        image_token_embed_dim=hidden),
         image_token_id=image_token_id,
     )

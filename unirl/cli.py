@@ -1,0 +1,99 @@
+"""`unirl train | eval | generate | prompts | report | pretrain-toy`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from unirl.errors import UnirlError
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from evaluators.geneval.generate import generate_suite
+    from evaluators.suites import load_suite
+    from unirl.models import load_model
+
+    suite = load_suite(args.prompts)  # validate inputs before loading anything heavy
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    out = generate_suite(model, suite.specs, args.out, samples=args.samples, guidance=args.guidance,
+                         temperature=args.temperature, seed=args.seed, batch_prompts=args.batch_prompts,
+                         overwrite=args.overwrite, recipe={"prompts_file": suite.name, "prompts_sha256": suite.sha256})
+    print(f"wrote {len(suite.specs)} prompts x {args.samples} images to {out}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from unirl.config import apply_overrides, from_dict, read_yaml
+    from unirl.engine.run import prepare_run_dir
+    from unirl.recipes import get_recipe
+
+    data = apply_overrides(read_yaml(args.config), args.overrides)
+    if args.max_steps is not None:
+        data["max_steps"] = args.max_steps
+    recipe = get_recipe(str(data.get("recipe", "")), source=args.config)
+    config = from_dict(recipe.Config, data, source=args.config)
+    resume_from = prepare_run_dir(args.out, config, resume=args.resume)
+    recipe.train(config, args.out, resume_from)
+
+
+def not_available(what: str):
+    def run(args: argparse.Namespace) -> None:
+        raise UnirlError(f"unirl {what}: not available yet")
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unirl", description="Self-improving post-training of unified models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train with a recipe config (unirl, ospo, jigsaw, sail)")
+    p.add_argument("config", help="a YAML recipe config, e.g. configs/unirl/toy.yaml")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (dotted keys)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="benchmarks: GenEval, understanding, jigsaw")
+    p.set_defaults(func=not_available("eval"))
+
+    p = sub.add_parser("generate", help="generate images for a prompt suite in GenEval's folder layout")
+    p.add_argument("--model", required=True, help="toy, janus-tiny, janus:PATH, showo:PATH or a checkpoint folder")
+    p.add_argument("--prompts", required=True, help="a metadata jsonl, a text file (one prompt a line) or a suite")
+    p.add_argument("--out", required=True, help="output folder (GenEval layout)")
+    p.add_argument("--samples", type=int, default=4, help="images per prompt")
+    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance (1 = none)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-prompts", type=int, default=8, help="prompts per batched rollout")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("prompts", help="write a prompt suite (geneval, shapes) as metadata jsonl")
+    p.set_defaults(func=not_available("prompts"))
+    p = sub.add_parser("report", help="write RUN_DIR/report.html")
+    p.set_defaults(func=not_available("report"))
+    p = sub.add_parser("pretrain-toy", help="rebuild the shipped toy model from scratch")
+    p.set_defaults(func=not_available("pretrain-toy"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UnirlError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
