@@ -32,7 +32,7 @@ def test_missing_folder_is_one_clear_line(tmp_path):
 
 def test_incomplete_folder_is_clear(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "janus"}')
-    with pytest.raises(UnirlError, match="not a complete Janus folder"):
+    with pytest.raises(UnirlError, match=r"not a complete Janus folder \(missing safetensors weights, a tokenizer\)"):
         load_model(f"janus:{tmp_path}")
 
 

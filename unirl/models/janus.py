@@ -316,11 +316,20 @@ class JanusModel(UnifiedModel):
 def load_janus_folder(path: str, spec: str, device: torch.device, dtype: torch.dtype) -> JanusModel:
     """An HF-format Janus folder (or a hub id where the hub is reachable)."""
     local = Path(path).is_dir()
+    if local:
+        required = {"config.json": ["config.json"],
+                    "safetensors weights": ["model.safetensors", "model.safetensors.index.json"],
+                    "a tokenizer": ["tokenizer.json", "tokenizer_config.json"]}
+        missing = [what for what, names in required.items() if not any((Path(path) / n).is_file() for n in names)]
+        if missing:
+            raise UnirlError(f"{path}: not a complete Janus folder (missing {', '.join(missing)})")
     try:
         processor = JanusProcessor.from_pretrained(path, local_files_only=local)
         model = JanusForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=local,
                                                               use_safetensors=True)
     except OSError as e:
-        where = f"{path}: not a complete Janus folder" if local else f"{path}: no such folder, and not on the hub"
-        raise UnirlError(f"{where} ({str(e).splitlines()[0]})") from None
+        if not local:
+            raise UnirlError(f"{path}: not a local folder, and the hub could not supply it (offline?); download it "
+                             f"and pass janus:/path/to/folder") from None
+        raise UnirlError(f"{path}: not a complete Janus folder ({str(e).splitlines()[0][:200]})") from None
     return JanusModel(model, processor, spec=spec, device=device, dtype=dtype)
