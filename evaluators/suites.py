@@ -24,6 +24,10 @@ NAMED_SUITES: dict[str, str] = {
 
 
 def named_suite(name: str) -> list[Spec]:
+    if name == "geneval":
+        from evaluators.geneval.prompts import geneval_prompts
+
+        return geneval_prompts()
     raise UnirlError(f"--prompts {name}: the {NAMED_SUITES[name]} suite is not available yet")
 
 

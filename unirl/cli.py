@@ -36,6 +36,50 @@ def cmd_train(args: argparse.Namespace) -> None:
     recipe.train(config, args.out, resume_from)
 
 
+def cmd_prompts(args: argparse.Namespace) -> None:
+    import json
+
+    from evaluators.suites import named_suite
+    from unirl.atomic import atomic_write_text
+
+    name = args.suite if args.suite == "geneval" else f"{args.suite}:{args.split}"
+    specs = named_suite(name)
+    atomic_write_text(args.out, "".join(json.dumps(s) + "\n" for s in specs))
+    print(f"wrote {len(specs)} prompts ({name}) to {args.out}")
+
+
+def cmd_eval_geneval(args: argparse.Namespace) -> None:
+    from evaluators.geneval.run import run_geneval
+
+    summary = run_geneval(model=args.model, prompts=args.prompts, detector=args.detector, out=args.out,
+                          samples=args.samples, guidance=args.guidance, temperature=args.temperature, seed=args.seed,
+                          clip=args.clip, device=args.device, dtype=args.dtype, overwrite=args.overwrite)
+    print_summary(summary, args.json)
+
+
+def cmd_eval_geneval_images(args: argparse.Namespace) -> None:
+    from evaluators.geneval.run import judge_images
+
+    summary = judge_images(args.images, detector=args.detector, out=args.out, clip=args.clip, device=args.device)
+    print_summary(summary, args.json)
+
+
+def cmd_eval_summary(args: argparse.Namespace) -> None:
+    from evaluators.geneval.summary import read_results, summarize
+
+    print_summary(summarize(read_results(args.results)), args.json)
+
+
+def print_summary(summary: dict, as_json: bool) -> None:
+    import json
+
+    from evaluators.geneval.summary import format_summary
+
+    print(format_summary(summary))
+    if as_json:
+        print(json.dumps(summary))
+
+
 def not_available(what: str):
     def run(args: argparse.Namespace) -> None:
         raise UnirlError(f"unirl {what}: not available yet")
@@ -56,7 +100,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="benchmarks: GenEval, understanding, jigsaw")
-    p.set_defaults(func=not_available("eval"))
+    evals = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    e = evals.add_parser("geneval", help="generate in GenEval's layout, judge, summarise")
+    e.add_argument("--model", required=True)
+    e.add_argument("--prompts", default="geneval", help="geneval | shapes:heldout | a metadata jsonl")
+    e.add_argument("--detector", default="mask2former", help="mask2former | mask2former:PATH | shapes")
+    e.add_argument("--clip", default="ViT-L-14", help="colour classifier: ViT-L-14 or ViT-L-14:/path/weights")
+    e.add_argument("--out", required=True)
+    e.add_argument("--samples", type=int, default=4)
+    e.add_argument("--guidance", type=float, default=5.0)
+    e.add_argument("--temperature", type=float, default=1.0)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default=None)
+    e.add_argument("--dtype", default=None)
+    e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
+    e.set_defaults(func=cmd_eval_geneval)
+    e = evals.add_parser("geneval-images", help="judge a GenEval-layout folder of images any model made")
+    e.add_argument("images", help="folder: NNNNN/metadata.jsonl, NNNNN/samples/NNNN.png")
+    e.add_argument("--detector", default="mask2former")
+    e.add_argument("--clip", default="ViT-L-14")
+    e.add_argument("--out", required=True, help="results.jsonl to write (summary.json beside it)")
+    e.add_argument("--device", default=None)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval_geneval_images)
+    e = evals.add_parser("summary", help="GenEval's summary numbers for a results.jsonl")
+    e.add_argument("results")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval_summary)
 
     p = sub.add_parser("generate", help="generate images for a prompt suite in GenEval's folder layout")
     p.add_argument("--model", required=True, help="toy, janus-tiny, janus:PATH, showo:PATH or a checkpoint folder")
@@ -73,7 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("prompts", help="write a prompt suite (geneval, shapes) as metadata jsonl")
-    p.set_defaults(func=not_available("prompts"))
+    p.add_argument("suite", choices=["geneval", "shapes"])
+    p.add_argument("--split", choices=["train", "heldout"], default="heldout", help="for shapes")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_prompts)
     p = sub.add_parser("report", help="write RUN_DIR/report.html")
     p.set_defaults(func=not_available("report"))
     p = sub.add_parser("pretrain-toy", help="rebuild the shipped toy model from scratch")

@@ -1,0 +1,74 @@
+"""GenEval's results.jsonl and the numbers its summary_scores.py prints for it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from unirl.atomic import atomic_write_text
+from unirl.errors import UnirlError
+
+RESULT_KEYS = ("filename", "tag", "prompt", "correct", "reason", "metadata", "details")
+
+
+def result_row(filename: str, spec: dict, correct: bool, reason: str, objects: dict) -> dict[str, Any]:
+    """One results.jsonl line with GenEval's keys (metadata and details as JSON strings)."""
+    details = {name: [[float(v) for v in box[:5]] for box in boxes] for name, boxes in objects.items()}
+    return {"filename": filename, "tag": spec.get("tag", ""), "prompt": spec["prompt"], "correct": bool(correct),
+            "reason": reason, "metadata": json.dumps(spec), "details": json.dumps(details)}
+
+
+def write_results(rows: list[dict[str, Any]], path: str | Path) -> None:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise UnirlError(f"{path}: results file not found")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UnirlError(f"{path}:{n}: expected a JSON object ({e.msg})") from None
+        missing = [k for k in ("tag", "correct", "metadata") if k not in row]
+        if missing:
+            raise UnirlError(f"{path}:{n}: missing GenEval key(s) {', '.join(missing)}")
+        rows.append(row)
+    if not rows:
+        raise UnirlError(f"{path}: no results")
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """images, prompts, correct_images, correct_prompts, per_tag (tags in first-seen order), overall.
+
+    As summary_scores.py: prompts are grouped by their metadata string; a prompt is correct when
+    any of its images is; overall is the unweighted mean of the per-tag image accuracies."""
+    by_prompt: dict[str, bool] = {}
+    by_tag: dict[str, list[bool]] = {}
+    for row in rows:
+        correct = bool(row["correct"])
+        by_prompt[row["metadata"]] = by_prompt.get(row["metadata"], False) or correct
+        by_tag.setdefault(row["tag"], []).append(correct)
+    per_tag = {tag: sum(v) / len(v) for tag, v in by_tag.items()}
+    return {
+        "images": len(rows),
+        "prompts": len(by_prompt),
+        "correct_images": sum(bool(r["correct"]) for r in rows) / len(rows),
+        "correct_prompts": sum(by_prompt.values()) / len(by_prompt),
+        "per_tag": per_tag,
+        "overall": sum(per_tag.values()) / len(per_tag),
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [f"images: {summary['images']}  prompts: {summary['prompts']}",
+             f"correct images: {summary['correct_images']:.2%}  correct prompts: {summary['correct_prompts']:.2%}"]
+    lines += [f"  {tag:<16} {score:.2%}" for tag, score in summary["per_tag"].items()]
+    lines.append(f"overall (mean over tags): {summary['overall']:.5f}")
+    return "\n".join(lines)
