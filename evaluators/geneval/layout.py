@@ -44,7 +44,7 @@ def read_layout(root: str | Path) -> list[PromptFolder]:
         except (json.JSONDecodeError, IndexError):
             raise UnirlError(f"{meta}: expected one JSON object on its first line") from None
         validate_spec(spec, where=str(meta))
-        samples = sorted(p for p in (folder / "samples").glob("*.png") if p.stem.isdigit())
+        samples = sorted((p for p in (folder / "samples").glob("*.png") if p.stem.isdigit()), key=lambda p: int(p.stem))
         folders.append(PromptFolder(int(folder.name), spec, samples))
     if not folders:
         raise UnirlError(f"{root}: no prompt folders (expected 00000/metadata.jsonl, 00000/samples/0000.png, ...)")

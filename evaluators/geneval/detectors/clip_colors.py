@@ -82,7 +82,10 @@ class ClipColorClassifier:
         w, h = (x2 - x1).clamp(min=1), (y2 - y1).clamp(min=1)
         side = torch.minimum(w, h)
         cx, cy = x1 + w / 2, y1 + h / 2
-        square = torch.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], dim=-1)
+        # Sample between the centres of the edge pixels, so no pixel outside the box bleeds in
+        # (a PIL crop-then-resize never sees them either).
+        half = (side - 1).clamp(min=0) / 2
+        square = torch.stack([cx - half, cy - half, cx + half, cy + half], dim=-1)
         rois = torch.cat([torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)[:, None], square], dim=1)
         out = roi_align(images.float(), rois.float(), output_size=self.size, spatial_scale=1.0, sampling_ratio=-1,
                         aligned=True)
