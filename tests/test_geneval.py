@@ -197,3 +197,29 @@ def test_offline_mask2former_without_weights_is_one_clear_line(tmp_path):
     assert "\n" not in str(e.value)
     with pytest.raises(UnirlError, match="not a Mask2Former folder"):
         load_detector(f"mask2former:{tmp_path}", device="cpu")
+
+
+def test_mask2former_from_a_local_folder(tmp_path):
+    from evaluators.geneval.detectors.mask2former import tiny_mask2former
+
+    tiny_mask2former().save_pretrained(tmp_path / "m2f")
+    detector = load_detector(f"mask2former:{tmp_path / 'm2f'}", device="cpu", clip="clip-tiny")
+    assert detector.classes[64:67] == ["computer mouse", "tv remote", "computer keyboard"]
+    assert len(detector.detect(torch.rand(1, 3, 40, 40))) == 1
+
+
+def test_clip_spec_errors(tmp_path):
+    with pytest.raises(UnirlError, match="unknown open_clip architecture"):
+        ClipColorClassifier("ViT-Q-99")
+    with pytest.raises(UnirlError, match="CLIP weights file not found"):
+        ClipColorClassifier(f"ViT-L-14:{tmp_path}/none.bin")
+
+
+def test_coco_label_names_map_to_geneval_names():
+    from evaluators.geneval.detectors.mask2former import class_names
+    from evaluators.geneval.prompts import COCO_CLASSES
+
+    coco = [{"computer mouse": "mouse", "tv remote": "remote", "computer keyboard": "keyboard",
+             "hair drier": "hair dryer"}.get(n, n) for n in COCO_CLASSES]
+    assert class_names(dict(enumerate(coco))) == COCO_CLASSES
+    assert class_names({0: "LABEL_0", 1: "cat"}) == ["LABEL_0", "cat"]

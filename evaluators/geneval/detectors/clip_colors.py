@@ -6,6 +6,7 @@ and one CLIP forward on the device."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -39,16 +40,16 @@ def load_clip(spec: str, device: torch.device) -> tuple[torch.nn.Module, object,
         arch, _, path = spec.partition(":")
         if path and not Path(path).is_file():
             raise UnirlError(f"{path}: CLIP weights file not found")
+        if arch not in open_clip.list_models():
+            raise UnirlError(f"--clip {spec}: unknown open_clip architecture {arch!r}")
         try:
+            logging.disable(logging.ERROR)  # open_clip logs its own download failure before raising
             model = open_clip.create_model(arch, pretrained=path or "openai", device=device)
-        except RuntimeError as e:
-            if "not found" in str(e).lower():
-                raise UnirlError(f"--clip {spec}: unknown open_clip architecture") from None
-            raise
-        except Exception as e:  # offline, no cached weights: open_clip raises hub/network errors
-            raise UnirlError(f"--clip {spec}: could not load {arch} openai weights ({type(e).__name__}); "
-                             f"offline, download them once and pass --clip {arch}:/path/to/open_clip_model.bin"
-                             ) from None
+        except Exception as e:  # offline without cached weights, open_clip raises hub errors of several kinds
+            raise UnirlError(f"--clip {spec}: could not load {arch} weights ({type(e).__name__}); offline, download "
+                             f"them once and pass --clip {arch}:/path/to/open_clip_model.bin") from None
+        finally:
+            logging.disable(logging.NOTSET)
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
     return model.to(device).eval(), tokenizer, int(size)
