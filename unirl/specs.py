@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from unirl.errors import UnirlError
 
 Spec = dict[str, Any]
+POSITION_THRESHOLD = 0.1
 
 RELATIONS = ("left of", "right of", "above", "below")
 COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
@@ -95,3 +99,57 @@ def specs_sha256(specs: list[Spec]) -> str:
     """Hash of a suite as the jsonl it would be written as (for suites that are not files)."""
     text = "".join(json.dumps(s) + "\n" for s in specs)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def relative_position(box_a: Sequence[float], box_b: Sequence[float],
+                      position_threshold: float = POSITION_THRESHOLD) -> set[str]:
+    """Relations of A to B. The centre offset is shrunk by position_threshold·(size A + size B)
+    per axis; a relation holds when its axis carries over half of the offset's direction."""
+    corners = np.array([box_a[:4], box_b[:4]], dtype=np.float64).reshape(2, 2, 2)
+    center_a, center_b = corners.mean(axis=1)
+    size_a, size_b = np.abs(corners[:, 1] - corners[:, 0])
+    offset = center_a - center_b
+    shrunk = np.maximum(np.abs(offset) - position_threshold * (size_a + size_b), 0) * np.sign(offset)
+    if np.all(np.abs(shrunk) < 1e-3):
+        return set()
+    dx, dy = shrunk / np.linalg.norm(offset)
+    relations = set()
+    if dx < -0.5:
+        relations.add("left of")
+    if dx > 0.5:
+        relations.add("right of")
+    if dy < -0.5:
+        relations.add("above")
+    if dy > 0.5:
+        relations.add("below")
+    return relations
+
+
+NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+
+
+def with_article(phrase: str) -> str:
+    return f"an {phrase}" if phrase[0] in "aeiou" else f"a {phrase}"
+
+
+def plural(name: str) -> str:
+    return f"{name}es" if name.endswith("s") else f"{name}s"
+
+
+def object_phrase(clause: dict[str, Any]) -> str:
+    """"a red circle", "three stars", "two blue hearts": GenEval's phrasing of one include clause."""
+    color = f"{clause['color']} " if "color" in clause else ""
+    if clause["count"] == 1:
+        return with_article(f"{color}{clause['class']}")
+    return f"{NUMBER_WORDS[clause['count']]} {color}{plural(clause['class'])}"
+
+
+def prompt_text(include: list[dict[str, Any]]) -> str:
+    """GenEval's prompt for include clauses: "a photo of a dog right of a teddy bear",
+    "a photo of a purple wine glass and a black apple", "a photo of two clocks"."""
+    positioned = [c for c in include if "position" in c]
+    if positioned:
+        (clause,) = positioned
+        relation, target = clause["position"]
+        return f"a photo of {object_phrase(clause)} {relation} {object_phrase(include[target])}"
+    return "a photo of " + " and ".join(object_phrase(c) for c in include)

@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 
-from unirl.specs import COLORS, RELATIONS, Spec
+from unirl.specs import COLORS, RELATIONS, Spec, prompt_text
 
 COCO_CLASSES = [
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
@@ -27,15 +27,6 @@ COCO_CLASSES = [
     "computer keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock",
     "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
 ]
-NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
-
-
-def with_article(name: str) -> str:
-    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
-
-
-def plural(name: str) -> str:
-    return f"{name}es" if name.endswith("s") else f"{name}s"
 
 
 def geneval_prompts(seed: int = 43, per_tag: int = 100, classes: list[str] = COCO_CLASSES) -> list[Spec]:
@@ -47,40 +38,34 @@ def geneval_prompts(seed: int = 43, per_tag: int = 100, classes: list[str] = COC
         return (rng.choice(n - 1, size=k, replace=False) + 1 + person) % n
 
     specs: list[Spec] = []
+
+    def add(tag: str, include: list[dict], exclude: list[dict] | None = None) -> None:
+        spec = {"tag": tag, "include": include, **({"exclude": exclude} if exclude else {})}
+        specs.append(spec | {"prompt": prompt_text(include)})
+
     for i in rng.choice(n, size=n, replace=False):
-        specs.append({"tag": "single_object", "include": [{"class": classes[i], "count": 1}],
-                      "prompt": f"a photo of {with_article(classes[i])}"})
+        add("single_object", [{"class": classes[i], "count": 1}])
     for _ in range(per_tag):
         a, b = rng.choice(n, size=2, replace=False)
-        specs.append({"tag": "two_object",
-                      "include": [{"class": classes[a], "count": 1}, {"class": classes[b], "count": 1}],
-                      "prompt": f"a photo of {with_article(classes[a])} and {with_article(classes[b])}"})
+        add("two_object", [{"class": classes[a], "count": 1}, {"class": classes[b], "count": 1}])
     for _ in range(per_tag):
         i = rng.choice(n)
         count = int(rng.integers(2, 4, endpoint=True))
-        specs.append({"tag": "counting", "include": [{"class": classes[i], "count": count}],
-                      "exclude": [{"class": classes[i], "count": count + 1}],
-                      "prompt": f"a photo of {NUMBER_WORDS[count]} {plural(classes[i])}"})
+        add("counting", [{"class": classes[i], "count": count}], [{"class": classes[i], "count": count + 1}])
     for _ in range(per_tag):
         i = (rng.choice(n - 1) + 1 + person) % n
         color = COLORS[rng.choice(len(COLORS))]
-        specs.append({"tag": "colors", "include": [{"class": classes[i], "count": 1, "color": color}],
-                      "prompt": f"a photo of {with_article(color)} {classes[i]}"})
+        add("colors", [{"class": classes[i], "count": 1, "color": color}])
     for _ in range(per_tag):
         a, b = rng.choice(n, size=2, replace=False)
         relation = RELATIONS[rng.choice(len(RELATIONS))]
-        specs.append({"tag": "position",
-                      "include": [{"class": classes[b], "count": 1},
-                                  {"class": classes[a], "count": 1, "position": [relation, 0]}],
-                      "prompt": f"a photo of {with_article(classes[a])} {relation} {with_article(classes[b])}"})
+        add("position", [{"class": classes[b], "count": 1},
+                         {"class": classes[a], "count": 1, "position": [relation, 0]}])
     for _ in range(per_tag):
         a, b = not_person(2)
         ca, cb = rng.choice(len(COLORS), size=2, replace=False)
-        specs.append({"tag": "color_attr",
-                      "include": [{"class": classes[a], "count": 1, "color": COLORS[ca]},
-                                  {"class": classes[b], "count": 1, "color": COLORS[cb]}],
-                      "prompt": f"a photo of {with_article(COLORS[ca])} {classes[a]} and "
-                                f"{with_article(COLORS[cb])} {classes[b]}"})
+        add("color_attr", [{"class": classes[a], "count": 1, "color": COLORS[ca]},
+                           {"class": classes[b], "count": 1, "color": COLORS[cb]}])
     unique, seen = [], set()
     for spec in specs:
         key = json.dumps(spec, sort_keys=True)

@@ -15,13 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from unirl.specs import COLORS, Spec
+from unirl.specs import COLORS, POSITION_THRESHOLD, Spec, relative_position
 
 THRESHOLD = 0.3
 COUNTING_THRESHOLD = 0.9
 MAX_OBJECTS = 16
 NMS_THRESHOLD = 1.0
-POSITION_THRESHOLD = 0.1
 
 Box = np.ndarray  # [5]: x1, y1, x2, y2, score
 Objects = dict[str, list[Box]]
@@ -66,30 +65,6 @@ def select_objects(raw: dict[str, Any], tag: str, threshold: float = THRESHOLD,
         if kept:
             objects[name] = [boxes[i] for i in kept]
     return objects
-
-
-def relative_position(box_a: Sequence[float], box_b: Sequence[float],
-                      position_threshold: float = POSITION_THRESHOLD) -> set[str]:
-    """Relations of A to B. The centre offset is shrunk by position_threshold·(size A + size B)
-    per axis; a relation holds when its axis carries over half of the offset's direction."""
-    corners = np.array([box_a[:4], box_b[:4]], dtype=np.float64).reshape(2, 2, 2)
-    center_a, center_b = corners.mean(axis=1)
-    size_a, size_b = np.abs(corners[:, 1] - corners[:, 0])
-    offset = center_a - center_b
-    shrunk = np.maximum(np.abs(offset) - position_threshold * (size_a + size_b), 0) * np.sign(offset)
-    if np.all(np.abs(shrunk) < 1e-3):
-        return set()
-    dx, dy = shrunk / np.linalg.norm(offset)
-    relations = set()
-    if dx < -0.5:
-        relations.add("left of")
-    if dx > 0.5:
-        relations.add("right of")
-    if dy < -0.5:
-        relations.add("above")
-    if dy > 0.5:
-        relations.add("below")
-    return relations
 
 
 def _ordered(relations: set[str]) -> list[str]:
