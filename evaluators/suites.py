@@ -28,7 +28,9 @@ def named_suite(name: str) -> list[Spec]:
         from evaluators.geneval.prompts import geneval_prompts
 
         return geneval_prompts()
-    raise UnirlError(f"--prompts {name}: the {NAMED_SUITES[name]} suite is not available yet")
+    from modalities.image.shapes import split_specs
+
+    return split_specs(name.split(":", 1)[1])
 
 
 def load_suite(value: str) -> PromptSuite:

@@ -24,5 +24,7 @@ def load_detector(spec: str, device: str | torch.device | None = None, clip: str
 
         return Mask2FormerDetector(spec, device=device, clip=clip)
     if spec == "shapes":
-        raise UnirlError("--detector shapes: the shapes-world detector is not available yet")
+        from evaluators.geneval.detectors.shapes import ShapesDetector
+
+        return ShapesDetector(device=device)
     raise UnirlError(f"--detector {spec}: expected one of {', '.join(DETECTORS)}")

@@ -1,0 +1,209 @@
+"""The shapes world: scenes of coloured shapes on a grey table, with GenEval-schema specs.
+
+A scene is 1 to 4 non-overlapping objects, each a shape class, one of GenEval's 10 colours, a
+centre and a radius (pixels). Layouts are sampled on the host from a seed (cheap, a few numbers
+per scene); pixels are rendered for many scenes at once as one tensor program: every object's
+implicit shape function is evaluated on the pixel grid in a single batched call.
+
+Every scene carries the spec it was sampled for, in GenEval's schema and phrasing, and positions
+are sampled so that GenEval's `relative_position` rule holds with margin, so the evaluator and
+the renderer agree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from unirl.specs import COLORS, RELATIONS, Spec, prompt_text, relative_position
+
+SHAPES = ("circle", "square", "triangle", "star", "heart", "cross", "diamond", "ring")
+PALETTE = {  # RGB in [0,1]; far apart from each other and from the background
+    "red": (0.86, 0.12, 0.12), "orange": (0.98, 0.55, 0.05), "yellow": (0.97, 0.90, 0.10),
+    "green": (0.10, 0.65, 0.20), "blue": (0.12, 0.30, 0.90), "purple": (0.55, 0.20, 0.75),
+    "pink": (0.98, 0.55, 0.78), "brown": (0.50, 0.30, 0.12), "black": (0.05, 0.05, 0.05),
+    "white": (0.98, 0.98, 0.98),
+}
+BACKGROUND = (0.62, 0.62, 0.62)
+IMAGE_SIZE = 64
+TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+
+
+@dataclass
+class SceneObject:
+    shape: str
+    color: str
+    cx: float
+    cy: float
+    radius: float
+
+    def box(self) -> list[float]:
+        return [self.cx - self.radius, self.cy - self.radius, self.cx + self.radius, self.cy + self.radius]
+
+
+@dataclass
+class Scene:
+    spec: Spec
+    objects: list[SceneObject]
+
+
+# ----------------------------------------------------------------------------- shape functions
+def inside(shape_ids: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Whether points (u, v) (object-normalised: centre 0, radius 1, v pointing down) are inside
+    each object's shape. shape_ids [K] broadcast against u, v [K, H, W]."""
+    au, av = u.abs(), v.abs()
+    r = torch.sqrt(u * u + v * v)
+    theta = torch.atan2(u, -v) % (2 * math.pi / 5)  # 0 at each of the star's five points
+    valley = torch.minimum(theta, 2 * math.pi / 5 - theta) / (math.pi / 5)  # 0 at a point, 1 between
+    hx, hy = u * 1.15, -v * 1.15 + 0.1  # the heart curve (x²+y²-1)³ = x²y³, y up
+    by_shape = torch.stack([
+        r <= 1.0,  # circle
+        torch.maximum(au, av) <= 0.82,  # square
+        (v <= 0.75) & (au <= (v + 1.0) / 1.75 * 1.0),  # triangle, apex up
+        r <= 1.0 - 0.55 * valley,  # star
+        (hx * hx + hy * hy - 1) ** 3 - hx * hx * hy ** 3 <= 0,  # heart
+        ((au <= 0.32) & (av <= 0.95)) | ((av <= 0.32) & (au <= 0.95)),  # cross
+        au + av <= 1.0,  # diamond
+        (r <= 1.0) & (r >= 0.5),  # ring
+    ])  # [S, K, H, W]
+    return by_shape.gather(0, shape_ids.view(1, -1, 1, 1).expand(1, *u.shape)).squeeze(0)
+
+
+def render(scenes: list[Scene], size: int = IMAGE_SIZE, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Scenes → float images [N,3,size,size] in [0,1], all objects of all scenes in one batch."""
+    device = torch.device(device)
+    objects = [(i, o) for i, s in enumerate(scenes) for o in s.objects]
+    images = torch.tensor(BACKGROUND, device=device).view(1, 3, 1, 1).repeat(len(scenes), 1, size, size)
+    if not objects:
+        return images
+    scene_idx = torch.tensor([i for i, _ in objects], device=device)
+    shape_ids = torch.tensor([SHAPES.index(o.shape) for _, o in objects], device=device)
+    colors = torch.tensor([PALETTE[o.color] for _, o in objects], device=device)  # [K,3]
+    cx, cy, rad = (torch.tensor([getattr(o, a) for _, o in objects], device=device).view(-1, 1, 1)
+                   for a in ("cx", "cy", "radius"))
+    grid = torch.arange(size, device=device, dtype=torch.float32) + 0.5  # pixel centres
+    u = (grid.view(1, 1, -1) - cx) / rad
+    v = (grid.view(1, -1, 1) - cy) / rad
+    masks = inside(shape_ids, u.expand(-1, size, -1), v.expand(-1, -1, size))  # [K,H,W]
+    # Objects never overlap, so painting order does not matter: sum each scene's coloured masks.
+    paint = torch.zeros(len(scenes), 3, size, size, device=device)
+    paint.index_add_(0, scene_idx, masks[:, None].float() * colors[:, :, None, None])
+    covered = torch.zeros(len(scenes), 1, size, size, device=device)
+    covered.index_add_(0, scene_idx, masks[:, None].float())
+    return torch.where(covered > 0, paint, images)
+
+
+# ----------------------------------------------------------------------------- layouts
+class _Layout:
+    """Rejection sampling of non-overlapping objects inside the image."""
+
+    def __init__(self, rng: np.random.Generator, size: int, radius: tuple[float, float] = (7.0, 10.5),
+                 gap: float = 3.0):
+        self.rng, self.size, self.radius, self.gap = rng, size, radius, gap
+
+    def place(self, placed: list[SceneObject], shape: str, color: str, tries: int = 200,
+              where=None) -> SceneObject | None:
+        for _ in range(tries):
+            r = float(self.rng.uniform(*self.radius))
+            cx, cy = (float(c) for c in self.rng.uniform(r + 1, self.size - r - 1, size=2))
+            obj = SceneObject(shape, color, cx, cy, r)
+            if where is not None and not where(obj):
+                continue
+            if all(math.hypot(o.cx - cx, o.cy - cy) >= o.radius + r + self.gap for o in placed):
+                return obj
+        return None
+
+
+def _other(rng: np.random.Generator, options: tuple[str, ...], *exclude: str) -> str:
+    return str(rng.choice([o for o in options if o not in exclude]))
+
+
+def scene_for_spec(spec: Spec, rng: np.random.Generator, size: int = IMAGE_SIZE, max_tries: int = 50) -> Scene:
+    """Sample a scene that satisfies `spec` (its includes exactly, nothing excluded, relations
+    with margin). Unspecified colours are random; no extra objects are added."""
+    includes = spec["include"]
+    for _ in range(max_tries):
+        layout, placed, ok = _Layout(rng, size), [], True
+        for clause in includes:
+            for _ in range(clause["count"]):
+                color = clause.get("color") or str(rng.choice(COLORS))
+                where = None
+                if "position" in clause:
+                    relation, target = clause["position"]
+                    anchor = next(o for o in placed if o.shape == includes[target]["class"])
+
+                    def where(o, relation=relation, anchor=anchor):
+                        # Hold with margin: still true with twice GenEval's threshold, and unambiguous.
+                        return relative_position(o.box(), anchor.box(), 0.2) == {relation}
+                obj = layout.place(placed, clause["class"], color, where=where)
+                if obj is None:
+                    ok = False
+                    break
+                placed.append(obj)
+            if not ok:
+                break
+        if ok:
+            return Scene(spec, placed)
+    raise RuntimeError(f"could not lay out a scene for {spec['prompt']!r} in {size}px")
+
+
+# ----------------------------------------------------------------------------- specs
+def spec_for(tag: str, include: list[dict]) -> Spec:
+    spec = {"tag": tag, "include": include}
+    if tag == "counting":
+        spec["exclude"] = [{"class": include[0]["class"], "count": include[0]["count"] + 1}]
+    return spec | {"prompt": prompt_text(include)}
+
+
+def all_specs() -> list[Spec]:
+    """Every spec of GenEval's six tags over the shapes world, in a fixed order."""
+    specs = []
+    specs += [spec_for("single_object", [{"class": s, "count": 1}]) for s in SHAPES]
+    specs += [spec_for("two_object", [{"class": a, "count": 1}, {"class": b, "count": 1}])
+              for a in SHAPES for b in SHAPES if a < b]
+    specs += [spec_for("counting", [{"class": s, "count": n}]) for s in SHAPES for n in (2, 3, 4)]
+    specs += [spec_for("colors", [{"class": s, "count": 1, "color": c}]) for s in SHAPES for c in COLORS]
+    specs += [spec_for("position", [{"class": b, "count": 1}, {"class": a, "count": 1, "position": [rel, 0]}])
+              for a in SHAPES for b in SHAPES if a != b for rel in RELATIONS]
+    specs += [spec_for("color_attr", [{"class": a, "count": 1, "color": ca}, {"class": b, "count": 1, "color": cb}])
+              for a in SHAPES for b in SHAPES if a != b for ca in COLORS for cb in COLORS if ca != cb]
+    return specs
+
+
+HELDOUT_PER_TAG = {"single_object": 2, "two_object": 6, "counting": 6, "colors": 20, "position": 30,
+                   "color_attr": 30}
+
+
+def split_specs(split: str, seed: int = 0) -> list[Spec]:
+    """Disjoint train / held-out suites: per tag a fixed random subset is held out (no prompt
+    text is in both); held-out is small enough to evaluate in seconds."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split: expected 'train' or 'heldout', got {split!r}")
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for tag in TAGS:
+        specs = [s for s in all_specs() if s["tag"] == tag]
+        held = set(rng.choice(len(specs), size=HELDOUT_PER_TAG[tag], replace=False).tolist())
+        chosen += [s for i, s in enumerate(specs) if (i in held) == (split == "heldout")]
+    return chosen
+
+
+def sample_scenes(specs: list[Spec], n: int, seed: int, size: int = IMAGE_SIZE) -> list[Scene]:
+    """n scenes, each for a spec drawn uniformly over tags, then uniformly within the tag."""
+    rng = np.random.default_rng(seed)
+    by_tag = {t: [s for s in specs if s["tag"] == t] for t in TAGS}
+    tags = [t for t in TAGS if by_tag[t]]
+    scenes = []
+    for _ in range(n):
+        pool = by_tag[tags[rng.integers(len(tags))]]
+        scenes.append(scene_for_spec(pool[rng.integers(len(pool))], rng, size))
+    return scenes
+
+
+def _unused(rng: np.random.Generator, scene: Scene) -> tuple[str, str]:
+    """A shape absent from the scene and a colour, for negative questions."""
+    present = {o.shape for o in scene.objects}
+    return _other(rng, SHAPES, *present), str(rng.choice(COLORS))
