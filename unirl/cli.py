@@ -64,6 +64,31 @@ def cmd_eval_geneval_images(args: argparse.Namespace) -> None:
     print_summary(summary, args.json)
 
 
+def cmd_eval_understanding(args: argparse.Namespace) -> None:
+    import json
+
+    from evaluators.understanding import run_understanding
+    from unirl.models import load_model
+
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    summary = run_understanding(model, args.out, split=args.split, scenes=args.scenes, seed=args.seed,
+                                overwrite=args.overwrite)
+    print(f"accuracy {summary['accuracy']:.3f} on {summary['questions']} questions; "
+          + ", ".join(f"{k} {v:.3f}" for k, v in summary["per_type"].items()))
+    if args.json:
+        print(json.dumps({k: summary[k] for k in ("accuracy", "per_type", "recipe")}))
+
+
+def cmd_pretrain_toy(args: argparse.Namespace) -> None:
+    from unirl.config import apply_overrides, from_dict, to_dict
+    from unirl.recipes.pretrain_toy import PretrainToyConfig, pretrain_toy
+
+    config = from_dict(PretrainToyConfig, apply_overrides(to_dict(PretrainToyConfig()), args.overrides),
+                       source="pretrain-toy")
+    out = pretrain_toy(args.out, config, overwrite=args.overwrite)
+    print(f"toy model written to {out} (load it with load_model('{out}'))")
+
+
 def cmd_eval_summary(args: argparse.Namespace) -> None:
     from evaluators.geneval.summary import read_results, summarize
 
@@ -124,6 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default=None)
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval_geneval_images)
+    e = evals.add_parser("understanding", help="accuracy on questions about rendered shapes-world scenes")
+    e.add_argument("--model", required=True)
+    e.add_argument("--split", choices=["train", "heldout"], default="heldout")
+    e.add_argument("--scenes", type=int, default=300)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", required=True)
+    e.add_argument("--device", default=None)
+    e.add_argument("--dtype", default=None)
+    e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval_understanding)
     e = evals.add_parser("summary", help="GenEval's summary numbers for a results.jsonl")
     e.add_argument("results")
     e.add_argument("--json", action="store_true")
@@ -151,7 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write RUN_DIR/report.html")
     p.set_defaults(func=not_available("report"))
     p = sub.add_parser("pretrain-toy", help="rebuild the shipped toy model from scratch")
-    p.set_defaults(func=not_available("pretrain-toy"))
+    p.add_argument("--out", required=True, help="output model folder")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="PretrainToyConfig fields, e.g. lm_steps=10")
+    p.set_defaults(func=cmd_pretrain_toy)
     return parser
 
 

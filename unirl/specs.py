@@ -153,3 +153,34 @@ def prompt_text(include: list[dict[str, Any]]) -> str:
         relation, target = clause["position"]
         return f"a photo of {object_phrase(clause)} {relation} {object_phrase(include[target])}"
     return "a photo of " + " and ".join(object_phrase(c) for c in include)
+
+
+# ----------------------------------------------------------------------------- questions
+def exists_question(name: str, color: str | None = None) -> str:
+    return f"Is there {with_article(f'{color} {name}' if color else name)}?"
+
+
+def count_question(name: str, count: int, color: str | None = None) -> str:
+    things = f"{color} {name}" if color else name
+    if count == 1:
+        return f"Is there exactly one {things}?"
+    return f"Are there exactly {NUMBER_WORDS[count]} {f'{color} ' if color else ''}{plural(name)}?"
+
+
+def relation_question(name: str, relation: str, target: str) -> str:
+    return f"Is the {name} {relation} the {target}?"
+
+
+def yes_no_questions(spec: Spec) -> list[str]:
+    """The questions whose answer is "yes" exactly when an image satisfies the spec's include
+    clauses: "Is there a red circle?", "Are there exactly three stars?", "Is the square left of
+    the heart?". The self-VQA judge asks these."""
+    include = spec.get("include", [])
+    questions = []
+    for clause in include:
+        name, count, color = clause["class"], clause["count"], clause.get("color")
+        questions.append(exists_question(name, color) if count == 1 else count_question(name, count, color))
+        if "position" in clause:
+            relation, target = clause["position"]
+            questions.append(relation_question(name, relation, include[target]["class"]))
+    return questions

@@ -18,7 +18,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from unirl.specs import COLORS, RELATIONS, Spec, prompt_text, relative_position
+from unirl.specs import (
+    COLORS,
+    NUMBER_WORDS,
+    RELATIONS,
+    Spec,
+    count_question,
+    exists_question,
+    plural,
+    prompt_text,
+    relation_question,
+    relative_position,
+)
 
 SHAPES = ("circle", "square", "triangle", "star", "heart", "cross", "diamond", "ring")
 PALETTE = {  # RGB in [0,1]; far apart from each other and from the background
@@ -203,7 +214,63 @@ def sample_scenes(specs: list[Spec], n: int, seed: int, size: int = IMAGE_SIZE) 
     return scenes
 
 
-def _unused(rng: np.random.Generator, scene: Scene) -> tuple[str, str]:
-    """A shape absent from the scene and a colour, for negative questions."""
-    present = {o.shape for o in scene.objects}
-    return _other(rng, SHAPES, *present), str(rng.choice(COLORS))
+# ----------------------------------------------------------------------------- questions
+QUESTION_TYPES = ("what", "count", "color", "where", "yes_no")
+
+
+def scene_questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str, str]]:
+    """(type, question, answer) about a scene, answers from the scene itself. Yes/no questions
+    use the self-VQA phrasing of `unirl.specs` and are half yes, half no."""
+    objects = scene.objects
+    counts: dict[str, int] = {}
+    for o in objects:
+        counts[o.shape] = counts.get(o.shape, 0) + 1
+    single = [o for o in objects if counts[o.shape] == 1]
+    absent = [s for s in SHAPES if s not in counts]
+    out = []
+    if len(objects) == 1:
+        out.append(("what", "What shape is this?", objects[0].shape))
+    shape = str(rng.choice(list(counts)))
+    out.append(("count", f"How many {plural(shape)} are there?", NUMBER_WORDS[counts[shape]]))
+    if single:
+        o = single[rng.integers(len(single))]
+        out.append(("color", f"What color is the {o.shape}?", o.color))
+    relation_pairs = []
+    for a in single:
+        for b in single:
+            if a is not b:
+                rel = relative_position(a.box(), b.box(), 0.2)
+                if len(rel) == 1:
+                    relation_pairs.append((a, next(iter(rel)), b))
+    if relation_pairs:
+        a, rel, b = relation_pairs[rng.integers(len(relation_pairs))]
+        out.append(("where", f"Where is the {a.shape} relative to the {b.shape}?", rel))
+
+    # One yes/no question, yes or no with equal probability.
+    o = objects[rng.integers(len(objects))]
+    kind = rng.integers(3 if relation_pairs else 2)
+    if kind == 0:  # existence, with or without colour
+        use_color = bool(rng.integers(2))
+        if rng.integers(2):
+            out.append(("yes_no", exists_question(o.shape, o.color if use_color else None), "yes"))
+        elif use_color and counts[o.shape] == 1:
+            out.append(("yes_no", exists_question(o.shape, _other(rng, COLORS, o.color)), "no"))
+        else:
+            out.append(("yes_no", exists_question(str(rng.choice(absent))), "no"))
+    elif kind == 1:  # exact count
+        n = counts[o.shape]
+        if rng.integers(2):
+            out.append(("yes_no", count_question(o.shape, n), "yes"))
+        else:
+            wrong = int(rng.choice([k for k in (1, 2, 3, 4) if k != n]))
+            out.append(("yes_no", count_question(o.shape, wrong), "no"))
+    else:  # relation
+        a, rel, b = relation_pairs[rng.integers(len(relation_pairs))]
+        if rng.integers(2):
+            out.append(("yes_no", relation_question(a.shape, rel, b.shape), "yes"))
+        else:
+            out.append(("yes_no", relation_question(a.shape, OPPOSITE[rel], b.shape), "no"))
+    return out
+
+
+OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}

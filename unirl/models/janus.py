@@ -122,13 +122,17 @@ class JanusModel(UnifiedModel):
             mask[i, width - len(r):] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _generation_inputs(self, prompts: list[str], guidance: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids and mask for the cond rows, with the uncond rows appended when guidance != 1."""
+    def _generation_inputs(self, prompts: list[str], guidance: float,
+                           unconditional: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and mask for the cond rows, with the uncond rows appended when guidance != 1.
+        `unconditional` [N] bool turns chosen cond rows into uncond ones (CFG dropout in training)."""
         rows = self.tokenizer([self.generation_text(p) for p in prompts], add_special_tokens=True)["input_ids"]
         ids, mask = self._left_pad(rows)
+        keep = (ids == self.bos_id) | (ids == self.boi_id) | (mask == 0)
+        uncond = torch.where(keep, ids, torch.full_like(ids, self.pad_id))
+        if unconditional is not None:
+            ids = torch.where(unconditional.to(self.device)[:, None], uncond, ids)
         if guidance != 1.0:
-            keep = (ids == self.bos_id) | (ids == self.boi_id) | (mask == 0)
-            uncond = torch.where(keep, ids, torch.full_like(ids, self.pad_id))
             ids, mask = torch.cat([ids, uncond]), torch.cat([mask, mask])
         return ids, mask
 
@@ -197,13 +201,15 @@ class JanusModel(UnifiedModel):
         return out.image_tokens.view(images.shape[0], -1)
 
     def image_token_logprobs(self, prompts_per_sample: list[str], tokens: torch.Tensor, guidance: float = 5.0,
-                             temperature: float = 1.0, rollout: ImageRollout | None = None) -> torch.Tensor:
-        """One teacher-forced pass: log p(token_t | prompt, tokens_<t) under the guided distribution."""
+                             temperature: float = 1.0, rollout: ImageRollout | None = None,
+                             unconditional: torch.Tensor | None = None) -> torch.Tensor:
+        """One teacher-forced pass: log p(token_t | prompt, tokens_<t) under the guided distribution.
+        `unconditional` [N] bool scores chosen rows without their prompt (CFG dropout, guidance 1)."""
         batch, steps = tokens.shape
         if len(prompts_per_sample) != batch:
             raise UnirlError(f"image_token_logprobs: {len(prompts_per_sample)} prompts for {batch} token rows")
         tokens = tokens.to(self.device)
-        ids, mask = self._generation_inputs(prompts_per_sample, guidance)
+        ids, mask = self._generation_inputs(prompts_per_sample, guidance, unconditional)
         rows = tokens[:, :-1].repeat(ids.shape[0] // batch, 1)
         embeds = torch.cat([self.module.get_input_embeddings()(ids),
                             self.module.prepare_embeddings_for_image_generation(rows)], dim=1)
