@@ -51,7 +51,7 @@ class PretrainToyConfig:
     vision_hidden: int = 128
     vision_layers: int = 2
     codebook: int = 512
-    vq_steps: int = 1200
+    vq_steps: int = 2500
     vq_batch: int = 64
     vq_lr: float = 8e-4
     vq_crop: int = 32
@@ -150,7 +150,8 @@ def train_vq(model: JanusModel, config: PretrainToyConfig, log: MetricsLogger) -
         loss.backward()
         optimizer.step()
         usage.mul_(0.99).index_add_(0, index, torch.full_like(index, 0.01, dtype=torch.float32))
-        if config.vq_reseed and step % 100 == 99 and step < config.vq_steps * 0.8:  # re-seed dead codes from this batch's latents
+        # Re-seed dead codes from this batch's latents, until late in training.
+        if config.vq_reseed and step % 100 == 99 and step < config.vq_steps * 0.8:
             with torch.no_grad():
                 dead = (usage < 1e-3).nonzero().flatten()
                 if len(dead):
@@ -166,6 +167,12 @@ def train_vq(model: JanusModel, config: PretrainToyConfig, log: MetricsLogger) -
     vq.eval()
     with torch.no_grad():  # store unit-norm codes: then transformers' encode/decode agree with training
         vq.quantize.embedding.weight.copy_(F.normalize(vq.quantize.embedding.weight, dim=-1))
+        # How well held-out scenes survive encode → decode, on the objects' pixels.
+        images = render(sample_scenes(split_specs("heldout"), 200, seed=12345))
+        recon = model.decode_tokens(model.encode_images(images))
+        on_object = (images - (background + 1) / 2).abs().amax(1, keepdim=True).gt(0.02).expand_as(images)
+        error = (recon - images).abs()[on_object].mean().item()
+    log.log(config.vq_steps, {"stage": "vq", "heldout_object_l1": error})
 
 
 # ----------------------------------------------------------------------------- stage 2: LM
