@@ -49,7 +49,7 @@ class PretrainToyConfig:
     layers: int = 4
     heads: int = 4
     vision_hidden: int = 128
-    vision_layers: int = 4
+    vision_layers: int = 2
     codebook: int = 512
     vq_steps: int = 2500
     vq_batch: int = 64
@@ -57,10 +57,10 @@ class PretrainToyConfig:
     vq_crop: int = 32
     vq_object_weight: float = 10.0
     vq_reseed: bool = True
-    lm_steps: int = 2800
+    lm_steps: int = 2400
     gen_batch: int = 16
     und_batch: int = 48
-    lm_lr: float = 1.5e-3
+    lm_lr: float = 1e-3
     cfg_drop: float = 0.1
     warmup: int = 100
     threads: int = 2
