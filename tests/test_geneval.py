@@ -13,12 +13,12 @@ from PIL import Image
 
 from evaluators.geneval.detectors import load_detector
 from evaluators.geneval.detectors.clip_colors import ClipColorClassifier
-from evaluators.geneval.detectors.mask2former import masks_to_boxes
 from evaluators.geneval.evaluate import Thresholds, evaluate_folder, judge_batch
 from evaluators.geneval.layout import read_layout, write_prompt_folder
 from evaluators.geneval.prompts import geneval_prompts
 from evaluators.geneval.reward import GenEvalReward
 from evaluators.geneval.summary import read_results, summarize, write_results
+from modalities.image.shapes_detect import mask_boxes
 from tests.conftest import SHARED
 from unirl.errors import UnirlError
 
@@ -82,10 +82,10 @@ def test_layout_round_trip_with_five_digit_names(tmp_path):
     assert [p.name for p in folder.samples] == ["0000.png", "0001.png", "00002.png"]
 
 
-def test_masks_to_boxes():
+def test_mask_boxes():
     masks = torch.zeros(2, 8, 10, dtype=torch.bool)
     masks[0, 2:5, 3:7] = True
-    assert masks_to_boxes(masks).tolist() == [[3, 2, 7, 5], [0, 0, 0, 0]]
+    assert mask_boxes(masks).tolist() == [[3, 2, 7, 5], [0, 0, 0, 0]]
 
 
 def test_clip_crops_follow_mask_and_box():

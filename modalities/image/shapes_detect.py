@@ -60,12 +60,14 @@ def mask_moments(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
 
 
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """[M,H,W] bool → [M,4] x1, y1, x2, y2 (exclusive ends)."""
+    """[..., H, W] bool → [..., 4] x1, y1, x2, y2 with x2, y2 one past the last pixel (as mmdet's
+    mask2bbox); an empty mask gives zeros."""
     h, w = masks.shape[-2:]
     xs, ys = masks.any(-2), masks.any(-1)
     col, row = torch.arange(w, device=masks.device), torch.arange(h, device=masks.device)
-    return torch.stack([torch.where(xs, col, w).amin(-1), torch.where(ys, row, h).amin(-1),
-                        torch.where(xs, col + 1, 0).amax(-1), torch.where(ys, row + 1, 0).amax(-1)], -1).float()
+    boxes = torch.stack([torch.where(xs, col, w).amin(-1), torch.where(ys, row, h).amin(-1),
+                         torch.where(xs, col + 1, 0).amax(-1), torch.where(ys, row + 1, 0).amax(-1)], -1).float()
+    return torch.where(xs.any(-1)[..., None], boxes, torch.zeros_like(boxes))
 
 
 def fit_shapes(masks: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:

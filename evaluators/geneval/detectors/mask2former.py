@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from evaluators.geneval.detectors.base import ColorRequest, Detections, Detector
 from evaluators.geneval.detectors.clip_colors import ClipColorClassifier
 from evaluators.geneval.prompts import COCO_CLASSES
+from modalities.image.shapes_detect import mask_boxes
 from unirl.errors import UnirlError
 
 DEFAULT_WEIGHTS = "facebook/mask2former-swin-small-coco-instance"
@@ -113,7 +114,7 @@ class Mask2FormerDetector(Detector):
         binary = mask_logits > 0
         mask_scores = (mask_logits.sigmoid() * binary).flatten(2).sum(-1) / (binary.flatten(2).sum(-1) + 1e-6)
         scores = scores * mask_scores
-        boxes = masks_to_boxes(binary)  # [N,K,4]
+        boxes = mask_boxes(binary)  # [N,K,4]
         rows = torch.cat([boxes, scores[..., None]], dim=-1).cpu().numpy()
         labels_np = labels.cpu().numpy()
         results = []
@@ -135,17 +136,3 @@ class Mask2FormerDetector(Detector):
         boxes = torch.tensor(np.stack([detections[i].boxes[c][j][:4] for i, c, j in requests]), device=self.device)
         return self.clip.classify(images.to(self.device)[image_idx], masks, boxes, [c for _, c, _ in requests])
 
-
-def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """[..., H, W] bool → [..., 4] x1, y1, x2, y2 with x2, y2 one past the last pixel; empty → 0."""
-    h, w = masks.shape[-2:]
-    xs, ys = masks.any(-2), masks.any(-1)  # [..., W], [..., H]
-    col = torch.arange(w, device=masks.device)
-    row = torch.arange(h, device=masks.device)
-    x1 = torch.where(xs, col, w).amin(-1)
-    x2 = torch.where(xs, col + 1, 0).amax(-1)
-    y1 = torch.where(ys, row, h).amin(-1)
-    y2 = torch.where(ys, row + 1, 0).amax(-1)
-    empty = ~xs.any(-1)
-    boxes = torch.stack([x1, y1, x2, y2], dim=-1).float()
-    return torch.where(empty[..., None], torch.zeros_like(boxes), boxes)
