@@ -145,7 +145,3 @@ def load_config(path: str | Path, cls: type[C], overrides: list[str] | None = No
     data = apply_overrides(read_yaml(path), overrides or [])
     return from_dict(cls, data, source=str(path))
 
-
-def save_config(config: Any, path: str | Path, extra: dict[str, Any] | None = None) -> None:
-    data = to_dict(config) | (extra or {})
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
