@@ -12,6 +12,7 @@ from evaluators.geneval.detectors import load_detector
 from evaluators.geneval.evaluate import judge_batch
 from modalities.image.shapes import (
     COLORS,
+    IMAGE_SIZE,
     SHAPES,
     TAGS,
     Scene,
@@ -31,7 +32,7 @@ def test_render_is_deterministic_and_batched():
     c = sample_scenes(split_specs("train"), 32, seed=4)
     assert [s.objects for s in a] == [s.objects for s in b] and [s.objects for s in a] != [s.objects for s in c]
     images = render(a)
-    assert images.shape == (32, 3, 64, 64) and torch.equal(images, render(b))
+    assert images.shape == (32, 3, IMAGE_SIZE, IMAGE_SIZE) and torch.equal(images, render(b))
     assert 0 <= images.min() and images.max() <= 1
     assert len(SHAPES) >= 8 and len(COLORS) == 10
 

@@ -8,22 +8,23 @@ import pytest
 import torch
 
 from evaluators.understanding import evaluate_understanding, normalize_answer
+from modalities.image.shapes import IMAGE_SIZE
 from unirl.engine.checkpoint import save_checkpoint
 from unirl.models import TOY_MODEL_DIR, load_model
 from unirl.recipes.pretrain_toy import PretrainToyConfig, pretrain_toy
 
-SMALL = PretrainToyConfig(hidden=32, layers=1, heads=2, vision_hidden=32, vision_layers=1, codebook=64, vq_steps=2,
-                          vq_batch=4, lm_steps=2, gen_batch=2, und_batch=2, warmup=1)
+SMALL = PretrainToyConfig(hidden=32, layers=1, heads=2, vision_hidden=32, vision_layers=1, vq_steps=2,
+                          vq_batch=2, vision_steps=2, vision_batch=2, lm_steps=2, gen_batch=2, und_batch=2, warmup=1)
 
 
 def test_pretrain_toy_runs_and_loads(tmp_path):
     out = pretrain_toy(tmp_path / "toy", SMALL)
     assert (out / "model.safetensors").is_file() and (out / "pretrain.json").is_file()
     stages = {json.loads(line)["stage"] for line in (out / "metrics.jsonl").read_text().splitlines()}
-    assert stages == {"vq", "lm"}
+    assert stages == {"vq", "vision", "lm"}
     model = load_model(str(out), device="cpu")
     r = model.generate_images(["a photo of a red circle"], num_per_prompt=2, seed=0)
-    assert r.images.shape == (2, 3, 64, 64)
+    assert r.images.shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
     # The VQ codes are stored unit-norm, so transformers' own encode and decode agree with training.
     codes = model.module.model.vqmodel.quantize.embedding.weight
     torch.testing.assert_close(codes.norm(dim=-1), torch.ones(len(codes)), atol=1e-5, rtol=0)
@@ -47,7 +48,7 @@ def test_shipped_toy_loads_fast_generates_and_keeps_training(tmp_path):
     toy = load_model("toy", device="cpu")
     assert time.perf_counter() - start < 5.0
     r = toy.generate_images(["a photo of a red circle"], num_per_prompt=2, seed=0)
-    assert r.images.shape == (2, 3, 64, 64)
+    assert r.images.shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
 
     optimizer = torch.optim.AdamW([p for p in toy.module.parameters() if p.requires_grad], lr=1e-4)
     loss = -toy.image_token_logprobs(r.prompts, r.tokens, guidance=1.0).mean()

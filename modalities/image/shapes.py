@@ -1,9 +1,14 @@
 """The shapes world: scenes of coloured shapes on a grey table, with GenEval-schema specs.
 
-A scene is 1 to 4 non-overlapping objects, each a shape class, one of GenEval's 10 colours, a
-centre and a radius (pixels). Layouts are sampled on the host from a seed (cheap, a few numbers
-per scene); pixels are rendered for many scenes at once as one tensor program: every object's
-implicit shape function is evaluated on the pixel grid in a single batched call.
+A scene is 1 to 4 objects, each a shape class, one of GenEval's 10 colours, a centre and a
+radius (pixels). The table is a 6x6 lattice of 16-px cells and each object sits centred in its
+own cell: 16 px is the token size of the toy model's VQ-VAE and vision tower, so every token sees
+one whole object or none, and a small codebook represents the world exactly (with free
+placement, an 8-px-token VQ blurred every shape into a blob and capped GenEval at 0.07).
+
+Layouts are sampled on the host from a seed (cheap, a few numbers per scene);
+pixels are rendered for many scenes at once as one tensor program: every object's implicit
+shape function is evaluated on the pixel grid in a single batched call.
 
 Every scene carries the spec it was sampled for, in GenEval's schema and phrasing, and positions
 are sampled so that GenEval's `relative_position` rule holds with margin, so the evaluator and
@@ -39,7 +44,9 @@ PALETTE = {  # RGB in [0,1]; far apart from each other and from the background
     "white": (0.98, 0.98, 0.98),
 }
 BACKGROUND = (0.62, 0.62, 0.62)
-IMAGE_SIZE = 64
+IMAGE_SIZE = 96
+CELL = 16  # lattice pitch = the toy model's token size
+RADIUS = (6.0, 7.4)  # object radius, px: pixels 1..14 of its cell, so neighbours are 2 px apart
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
 
@@ -78,7 +85,7 @@ def inside(shape_ids: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.T
         (hx * hx + hy * hy - 1) ** 3 - hx * hx * hy ** 3 <= 0,  # heart
         ((au <= 0.32) & (av <= 0.95)) | ((av <= 0.32) & (au <= 0.95)),  # cross
         au + av <= 1.0,  # diamond
-        (r <= 1.0) & (r >= 0.5),  # ring
+        (r <= 1.0) & (r >= 0.42),  # ring
     ])  # [S, K, H, W]
     return by_shape.gather(0, shape_ids.view(1, -1, 1, 1).expand(1, *u.shape)).squeeze(0)
 
@@ -109,21 +116,19 @@ def render(scenes: list[Scene], size: int = IMAGE_SIZE, device: torch.device | s
 
 # ----------------------------------------------------------------------------- layouts
 class _Layout:
-    """Rejection sampling of non-overlapping objects inside the image."""
+    """Objects in distinct lattice cells, each centred in its cell, radius drawn from RADIUS."""
 
-    def __init__(self, rng: np.random.Generator, size: int, radius: tuple[float, float] = (7.0, 10.5),
-                 gap: float = 3.0):
-        self.rng, self.size, self.radius, self.gap = rng, size, radius, gap
+    def __init__(self, rng: np.random.Generator, size: int):
+        self.rng, self.cells = rng, size // CELL
 
-    def place(self, placed: list[SceneObject], shape: str, color: str, tries: int = 200,
-              where=None) -> SceneObject | None:
-        for _ in range(tries):
-            r = float(self.rng.uniform(*self.radius))
-            cx, cy = (float(c) for c in self.rng.uniform(r + 1, self.size - r - 1, size=2))
-            obj = SceneObject(shape, color, cx, cy, r)
-            if where is not None and not where(obj):
+    def place(self, placed: list[SceneObject], shape: str, color: str, where=None) -> SceneObject | None:
+        taken = {(int(o.cx // CELL), int(o.cy // CELL)) for o in placed}
+        for index in self.rng.permutation(self.cells * self.cells):
+            col, row = divmod(int(index), self.cells)
+            if (col, row) in taken:
                 continue
-            if all(math.hypot(o.cx - cx, o.cy - cy) >= o.radius + r + self.gap for o in placed):
+            obj = SceneObject(shape, color, (col + 0.5) * CELL, (row + 0.5) * CELL, float(self.rng.uniform(*RADIUS)))
+            if where is None or where(obj):
                 return obj
         return None
 

@@ -36,14 +36,16 @@ _moments: dict[torch.device, torch.Tensor] = {}
 
 
 def shape_moments(device: torch.device) -> torch.Tensor:
-    """[S,3]: each shape's area and centroid (u, v) in object units (centre 0, radius 1),
-    measured on a large rendering."""
+    """[S,7]: each shape's area, centroid (u, v) and box (u1, v1, u2, v2) in object units
+    (centre 0, radius 1), measured on a large rendering."""
     if device not in _moments:
         radius, centre, size = 60.0, 80.0, 160
         scenes = [Scene({}, [SceneObject(s, "black", centre, centre, radius)]) for s in SHAPES]
-        masks = (render(scenes, size=size, device=device).sum(1) < 0.5).float()  # black on grey
+        masks = render(scenes, size=size, device=device).sum(1) < 0.5  # black on grey
         area, cx, cy = mask_moments(masks)
-        _moments[device] = torch.stack([area / radius**2, (cx - centre) / radius, (cy - centre) / radius], -1)
+        box = (mask_boxes(masks) - centre) / radius
+        _moments[device] = torch.cat([torch.stack([area / radius**2, (cx - centre) / radius, (cy - centre) / radius],
+                                                  -1), box], -1)
     return _moments[device]
 
 
@@ -72,10 +74,12 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
 
 def fit_shapes(masks: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """For each component mask [M,H,W]: (best shape index [M], its IoU [M]). Every shape is
-    placed by moments (radius from the area, centre from the centroid), rendered on the pixel
-    grid, and compared with the component pixel by pixel."""
+    placed twice, by moments (radius from the area, centre from the centroid) and by the box
+    (radius from the width, centre from the box), rendered on the pixel grid, and compared with
+    the component pixel by pixel; the better placement counts. Two placements because at a few
+    pixels' radius either estimate alone is off by pixelation for thin shapes (rings, stars)."""
     device = masks.device
-    moments = shape_moments(device)  # [S,3]
+    moments = shape_moments(device)  # [S,7]
     s, (h, w) = len(SHAPES), masks.shape[-2:]
     grid_x = torch.arange(w, device=device, dtype=torch.float32) + 0.5
     grid_y = torch.arange(h, device=device, dtype=torch.float32) + 0.5
@@ -83,16 +87,21 @@ def fit_shapes(masks: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, torc
     for start in range(0, len(masks), chunk):
         mask = masks[start:start + chunk]
         area, mx, my = mask_moments(mask)
-        radius = (area[:, None] / moments[None, :, 0]).sqrt()  # [m,S]
-        cx = mx[:, None] - moments[None, :, 1] * radius
-        cy = my[:, None] - moments[None, :, 2] * radius
-        u = ((grid_x.view(1, 1, 1, w) - cx[..., None, None]) / radius[..., None, None]).expand(-1, -1, h, w)
-        v = ((grid_y.view(1, 1, h, 1) - cy[..., None, None]) / radius[..., None, None]).expand(-1, -1, h, w)
-        ids = torch.arange(s, device=device).repeat(len(mask))
-        drawn = inside(ids, u.reshape(-1, h, w), v.reshape(-1, h, w)).view(len(mask), s, h, w)
-        inter = (drawn & mask[:, None]).sum((-1, -2)).float()
-        union = (drawn | mask[:, None]).sum((-1, -2)).float()
-        ious.append(inter / union.clamp(min=1))
+        box = mask_boxes(mask)
+        by_area = (area[:, None] / moments[None, :, 0]).sqrt()  # [m,S]
+        by_box = (box[:, 2:3] - box[:, 0:1]) / (moments[None, :, 5] - moments[None, :, 3])
+        radius = torch.stack([by_area, by_box], -1)  # [m,S,2]
+        cx = torch.stack([mx[:, None] - moments[None, :, 1] * by_area, box[:, 0:1] - moments[None, :, 3] * by_box], -1)
+        cy = torch.stack([my[:, None] - moments[None, :, 2] * by_area,
+                          box[:, 1:2] - moments[None, :, 4] * (box[:, 3:4] - box[:, 1:2])
+                          / (moments[None, :, 6] - moments[None, :, 4])], -1)
+        u = ((grid_x.view(1, 1, 1, 1, w) - cx[..., None, None]) / radius[..., None, None]).expand(-1, -1, -1, h, w)
+        v = ((grid_y.view(1, 1, 1, h, 1) - cy[..., None, None]) / radius[..., None, None]).expand(-1, -1, -1, h, w)
+        ids = torch.arange(s, device=device).repeat_interleave(2).repeat(len(mask))
+        drawn = inside(ids, u.reshape(-1, h, w), v.reshape(-1, h, w)).view(len(mask), s, 2, h, w)
+        inter = (drawn & mask[:, None, None]).sum((-1, -2)).float()
+        union = (drawn | mask[:, None, None]).sum((-1, -2)).float()
+        ious.append((inter / union.clamp(min=1)).amax(-1))
     iou = torch.cat(ious) if ious else torch.zeros(0, s, device=device)
     score, shape = iou.max(-1)
     return shape, score
