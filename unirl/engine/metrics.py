@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ class MetricsLogger:
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
+        self.lock = threading.Lock()  # stages may train side by side in threads
         self.writer = None
         if tensorboard:
             try:
@@ -32,7 +34,7 @@ class MetricsLogger:
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         row = {"step": step, "time": round(time.time(), 3), **metrics}
-        with self.path.open("a") as f:
+        with self.lock, self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if self.writer is not None:
             for key, value in metrics.items():

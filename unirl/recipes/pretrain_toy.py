@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,17 +60,17 @@ class PretrainToyConfig:
     heads: int = 4
     vision_hidden: int = 128
     vision_layers: int = 2
-    vq_steps: int = 2500
+    vq_steps: int = 2000
     vq_batch: int = 16
     vq_lr: float = 1e-3
     vq_temperature: float = 0.1
     vq_object_weight: float = 10.0
-    vision_steps: int = 300
+    vision_steps: int = 1500
     vision_batch: int = 64
     vision_lr: float = 1e-3
-    lm_steps: int = 2400
-    gen_batch: int = 16
-    und_batch: int = 48
+    lm_steps: int = 2200
+    gen_batch: int = 24
+    und_batch: int = 32
     lm_lr: float = 1e-3
     cfg_drop: float = 0.1
     warmup: int = 100
@@ -225,9 +226,10 @@ def train_vision(model: JanusModel, config: PretrainToyConfig, log: MetricsLogge
 # ----------------------------------------------------------------------------- stage 3: LM
 def train_lm(model: JanusModel, config: PretrainToyConfig, log: MetricsLogger) -> None:
     hf = model.module
-    for p in [*hf.model.vqmodel.parameters(), *hf.model.vision_model.parameters()]:
+    for p in hf.model.vision_model.parameters():
         p.requires_grad_(False)
-    params = [p for p in hf.parameters() if p.requires_grad]
+    # Not the VQ-VAE's: it may be training in the other thread, and the LM learns assigned codes.
+    params = [p for name, p in hf.named_parameters() if p.requires_grad and not name.startswith("model.vqmodel.")]
     optimizer = torch.optim.AdamW(params, lr=config.lm_lr, weight_decay=0.01, betas=(0.9, 0.98))
     specs = split_specs("train")
     bar = progress(range(config.lm_steps), desc="lm")
@@ -261,22 +263,33 @@ def train_lm(model: JanusModel, config: PretrainToyConfig, log: MetricsLogger) -
             bar.set_postfix(gen=f"{gen_loss.item():.3f}", und=f"{und_loss.item():.3f}")
 
 
+def timed(stage, *args) -> float:
+    start = time.time()
+    stage(*args)
+    return round(time.time() - start, 1)
+
+
 def pretrain_toy(out: str | Path, config: PretrainToyConfig | None = None, overwrite: bool = False) -> Path:
     config = config or PretrainToyConfig()
-    torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
+    # The VQ-VAE and the LM do not depend on each other (the LM learns the codes assigned to the
+    # cells, not the encoder's output), so given two cores they train side by side, one each.
+    side_by_side = config.threads >= 2
+    torch.set_num_threads(config.threads // 2 if side_by_side else config.threads)
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         log = MetricsLogger(tmp, tensorboard=False)
         start = time.time()
         model = build_toy(config)
-        train_vq(model, config, log)
-        vq_seconds = time.time() - start
-        train_vision(model, config, log)
-        train_lm(model, config, log)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            vq = pool.submit(timed, train_vq, model, config, log) if side_by_side else None
+            seconds = {"vq": None if vq else timed(train_vq, model, config, log),
+                       "vision": timed(train_vision, model, config, log), "lm": timed(train_lm, model, config, log)}
+            if vq is not None:
+                seconds["vq"] = vq.result()  # re-raises what the VQ stage raised
         model.save_pretrained(tmp)
         (tmp / "pretrain.json").write_text(json.dumps({
-            "config": to_dict(config), "vq_seconds": round(vq_seconds, 1),
-            "total_seconds": round(time.time() - start, 1), "threads": torch.get_num_threads()}, indent=1) + "\n")
+            "config": to_dict(config), "stage_seconds": seconds, "side_by_side": side_by_side,
+            "total_seconds": round(time.time() - start, 1), "threads": config.threads}, indent=1) + "\n")
         log.close()
     return out
