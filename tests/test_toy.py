@@ -14,20 +14,23 @@ from unirl.models import TOY_MODEL_DIR, load_model
 from unirl.recipes.pretrain_toy import PretrainToyConfig, pretrain_toy
 
 SMALL = PretrainToyConfig(hidden=32, layers=1, heads=2, vision_hidden=32, vision_layers=1, vq_steps=2,
-                          vq_batch=2, vision_steps=2, vision_batch=2, lm_steps=2, gen_batch=2, und_batch=2, warmup=1)
+                          vq_batch=2, vision_steps=2, vision_batch=2, lm_steps=2, guidance_prompts=2,
+                          guidance_candidates=(1.5, 5.0), gen_batch=2, und_batch=2, warmup=1)
 
 
 def test_pretrain_toy_runs_and_loads(tmp_path):
     out = pretrain_toy(tmp_path / "toy", SMALL)
     assert (out / "model.safetensors").is_file() and (out / "pretrain.json").is_file()
     stages = {json.loads(line)["stage"] for line in (out / "metrics.jsonl").read_text().splitlines()}
-    assert stages == {"vq", "vision", "lm"}
+    assert stages == {"vq", "vision", "lm", "guidance"}
     model = load_model(str(out), device="cpu")
+    assert model.default_guidance in SMALL.guidance_candidates  # chosen on train prompts, stored with the model
     r = model.generate_images(["a photo of a red circle"], num_per_prompt=2, seed=0)
     assert r.images.shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
-    # The VQ codes are stored unit-norm, so transformers' own encode and decode agree with training.
+    # The VQ codes are stored unit-norm (to float16 precision), so transformers' own encode and
+    # decode agree with training.
     codes = model.module.model.vqmodel.quantize.embedding.weight
-    torch.testing.assert_close(codes.norm(dim=-1), torch.ones(len(codes)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(codes.norm(dim=-1), torch.ones(len(codes)), atol=2e-3, rtol=0)
 
 
 def test_normalize_answer():

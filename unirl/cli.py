@@ -8,6 +8,8 @@ import sys
 
 from unirl.errors import UnirlError
 
+GUIDANCE_HELP = "classifier-free guidance (1 = none); default: the model's own (generation_config), else 5"
+
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from evaluators.geneval.generate import generate_suite
@@ -133,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--clip", default="ViT-L-14", help="colour classifier: ViT-L-14 or ViT-L-14:/path/weights")
     e.add_argument("--out", required=True)
     e.add_argument("--samples", type=int, default=4)
-    e.add_argument("--guidance", type=float, default=5.0)
+    e.add_argument("--guidance", type=float, default=None, help=GUIDANCE_HELP)
     e.add_argument("--temperature", type=float, default=1.0)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default=None)
@@ -170,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", required=True, help="a metadata jsonl, a text file (one prompt a line) or a suite")
     p.add_argument("--out", required=True, help="output folder (GenEval layout)")
     p.add_argument("--samples", type=int, default=4, help="images per prompt")
-    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance (1 = none)")
+    p.add_argument("--guidance", type=float, default=None, help=GUIDANCE_HELP)
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-prompts", type=int, default=8, help="prompts per batched rollout")

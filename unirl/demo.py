@@ -27,7 +27,7 @@ def main() -> None:
     model_spec = "toy" if TOY_MODEL_DIR.is_dir() else "janus-tiny"
     print(f"model: {model_spec}")
     model = load_model(model_spec, seed=0)
-    rollout = model.generate_images(PROMPTS, num_per_prompt=args.samples, guidance=5.0, seed=0)
+    rollout = model.generate_images(PROMPTS, num_per_prompt=args.samples, guidance=model.default_guidance, seed=0)
     with atomic_dir(out / "samples", overwrite=True) as tmp:
         for i, prompt in enumerate(PROMPTS):
             write_prompt_folder(tmp, i, free_text_spec(prompt), rollout.images[i * args.samples:(i + 1) * args.samples])

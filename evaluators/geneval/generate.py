@@ -13,7 +13,8 @@ from unirl.progress import progress
 from unirl.specs import Spec
 
 
-def generate_suite(model: UnifiedModel, specs: list[Spec], out: str | Path, samples: int = 4, guidance: float = 5.0,
+def generate_suite(model: UnifiedModel, specs: list[Spec], out: str | Path, samples: int = 4,
+                   guidance: float | None = None,
                    temperature: float = 1.0, seed: int = 0, batch_prompts: int = 8, overwrite: bool = False,
                    recipe: dict[str, Any] | None = None) -> Path:
     """Write out/<index:05d>/{metadata.jsonl, samples/*.png} for every spec, and out/generation.json
@@ -22,6 +23,7 @@ def generate_suite(model: UnifiedModel, specs: list[Spec], out: str | Path, samp
     Batch b (prompts b*batch_prompts ...) is sampled with seed + b, so the images depend on
     (seed, batch_prompts), both recorded."""
     out = Path(out)
+    guidance = model.default_guidance if guidance is None else guidance
     recipe = dict(recipe or {}, model=model.spec, samples=samples, guidance=guidance, temperature=temperature,
                   seed=seed, batch_prompts=batch_prompts, prompts=len(specs))
     with atomic_dir(out, overwrite=overwrite) as tmp:

@@ -15,7 +15,8 @@ from unirl.atomic import atomic_dir, atomic_write_text
 from unirl.errors import UnirlError
 
 
-def run_geneval(model: str, prompts: str, detector: str, out: str | Path, samples: int = 4, guidance: float = 5.0,
+def run_geneval(model: str, prompts: str, detector: str, out: str | Path, samples: int = 4,
+                guidance: float | None = None,
                 temperature: float = 1.0, seed: int = 0, clip: str = "ViT-L-14", device: str | None = None,
                 dtype: str | None = None, overwrite: bool = False, thresholds: Thresholds | None = None
                 ) -> dict[str, Any]:
@@ -30,6 +31,7 @@ def run_geneval(model: str, prompts: str, detector: str, out: str | Path, sample
                          f"GenEval-style metadata (tag, include, prompt), not free text")
     judge = load_detector(detector, device=device, clip=clip)
     unified = load_model(model, device=device, dtype=dtype)
+    guidance = unified.default_guidance if guidance is None else guidance
     with atomic_dir(out, overwrite=overwrite) as tmp:
         generate_suite(unified, suite.specs, tmp / "images", samples=samples, guidance=guidance,
                        temperature=temperature, seed=seed, recipe={"prompts_file": suite.name,

@@ -60,6 +60,12 @@ class UnifiedModel(abc.ABC):
     def num_image_tokens(self) -> int:
         raise NotImplementedError
 
+    @property
+    def default_guidance(self) -> float:
+        """The guidance a checkpoint is meant to be sampled with (commands use it when --guidance
+        is not given)."""
+        return 5.0
+
 
 def resolve_device_dtype(device: str | torch.device | None, dtype: str | torch.dtype | None
                          ) -> tuple[torch.device, torch.dtype]:

@@ -92,6 +92,12 @@ class JanusModel(UnifiedModel):
 
     # ----------------------------------------------------------------- properties
     @property
+    def default_guidance(self) -> float:
+        """generation_config.guidance_scale when the checkpoint sets it (as transformers' Janus
+        generate reads it), else Janus-Pro's 5."""
+        return float(getattr(self.module.generation_config, "guidance_scale", None) or 5.0)
+
+    @property
     def lm(self) -> torch.nn.Module:
         return self.module.model.language_model
 
