@@ -8,6 +8,7 @@ type: an unknown key or a wrong type is a one-line error naming the key and the 
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from pathlib import Path
@@ -121,6 +122,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "c
             node[part] = dict(node.get(part) or {})
             node = node[part]
         node[parts[-1]] = value
+    return data
+
+
+def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
+    """A JSON file holding one object (a model or tokenizer config); `what` names it in errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UnirlError(f"{path}: not found (expected {what})")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UnirlError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise UnirlError(f"{path}: expected a JSON object ({what})")
     return data
 
 

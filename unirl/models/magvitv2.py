@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from unirl.config import from_dict
+from unirl.config import from_dict, read_json_object
 from unirl.errors import UnirlError
 
 CLASS_NAME = "MAGVITv2"  # what Show-o's save_config writes as `_class_name`
@@ -335,14 +335,7 @@ class MagvitV2(nn.Module):
 
 
 def read_config(file: Path) -> MagvitV2Config:
-    if not file.is_file():
-        raise UnirlError(f"{file}: not found (a MAGVIT-v2 folder needs config.json and weights)")
-    try:
-        data = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UnirlError(f"{file}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise UnirlError(f"{file}: expected a JSON object of config fields")
+    data = read_json_object(file, "a MAGVIT-v2 folder needs config.json and weights")
     if data.get("_class_name") != CLASS_NAME:
         raise UnirlError(f"{file}: '_class_name' expected {CLASS_NAME!r}, got {data.get('_class_name')!r}")
     # `_`-prefixed keys are diffusers metadata (_class_name, _diffusers_version, ...), not architecture.
