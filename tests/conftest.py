@@ -12,7 +12,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 torch.set_num_threads(2)
 
 # Backends the model contract runs on. A new backend adds its small random-init spec here.
-CONTRACT_BACKENDS = ["janus-tiny"]
+CONTRACT_BACKENDS = ["janus-tiny", "showo-tiny"]
 
 
 @pytest.fixture(scope="session", params=CONTRACT_BACKENDS)

@@ -16,15 +16,6 @@ FIXTURE = SHARED / "showo" / "magvitv2"
 DTYPES = {"torch.float32": torch.float32, "torch.int64": torch.int64}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tests are sized for one core; restore the session's setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def fill_like_fixture(model: MagvitV2) -> None:
     """The fixture's deterministic fill: tensor i (state-dict order) gets s = sin(0.731*arange(n) + 0.1*i) in
     float64; biases 0.01*s, other 1-D tensors 1 + 0.05*s, the rest s / sqrt(n / shape[0]); then cast."""

@@ -25,8 +25,6 @@ from unirl.models.showo import (
     t2i_sequence,
 )
 
-torch.set_num_threads(1)
-
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "showo"
 TINY = FIXTURES / "showo-tiny"
 needs_fixture = pytest.mark.skipif(not TINY.is_dir(), reason=f"Show-o conformance fixture not found at {TINY}")
@@ -167,7 +165,8 @@ def test_save_load_round_trip(tmp_path):
     mask = t2i_attention_mask(ids, vocab)
     with torch.no_grad():
         assert torch.equal(lm(ids, mask), lm2(ids, mask))
-        assert torch.equal(lm(ids, mask, logits_to_keep=5), lm2(ids, mask)[:, -5:])
+        # the head on 5 rows vs on all rows: same maths, other matmul shapes (rounding may differ)
+        torch.testing.assert_close(lm(ids, mask, logits_to_keep=5), lm2(ids, mask)[:, -5:], atol=1e-6, rtol=0)
 
 
 def test_load_pytorch_bin(tmp_path):

@@ -3,8 +3,9 @@
 Specs:
   toy                      the shipped toy model (assets/toy-janus), offline
   janus-tiny               a random-init tiny Janus, for tests (seeded)
+  showo-tiny               a random-init tiny Show-o, for tests (seeded)
   janus:PATH               an HF-format Janus / Janus-Pro folder (or a hub id where online)
-  showo:PATH               a Show-o checkpoint folder
+  showo:PATH               a Show-o checkpoint folder (layout: unirl.models.showo.load_showo_folder)
   PATH                     any folder this toolkit saved (a checkpoint), or an HF Janus folder
 """
 
@@ -32,18 +33,23 @@ def _backend_of_folder(path: Path) -> str:
         model_type = json.loads(config.read_text()).get("model_type", "")
         if model_type == "janus":
             return "janus"
-        raise UnirlError(f"{config}: model_type {model_type!r} is not a supported backend (expected 'janus')")
+        if json.loads(config.read_text()).get("_class_name") == "Showo":
+            return "showo"
+        raise UnirlError(f"{config}: model_type {model_type!r} is not a supported backend "
+                         f"(expected 'janus', or a Show-o config)")
     raise UnirlError(f"{path}: expected a model folder with config.json (or unirl_model.json)")
 
 
 def load_model(spec: str, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                seed: int | None = None) -> UnifiedModel:
-    from unirl.models import janus
+    from unirl.models import janus, showo
 
     dev, dt = resolve_device_dtype(device, dtype)
     if spec == "janus-tiny":
         model, processor = janus.build_tiny_janus(seed=0 if seed is None else seed)
         return janus.JanusModel(model, processor, spec=spec, device=dev, dtype=dt)
+    if spec == "showo-tiny":
+        return showo.build_tiny_showo(seed=0 if seed is None else seed, device=dev, dtype=dt, spec=spec)
     if spec == "toy":
         if not TOY_MODEL_DIR.is_dir():
             raise UnirlError(f"{TOY_MODEL_DIR}: the toy model is not built yet (run `unirl pretrain-toy`)")
@@ -54,11 +60,14 @@ def load_model(spec: str, device: str | torch.device | None = None, dtype: str |
             raise UnirlError(f"{path}: no such Janus model folder")
         return janus.load_janus_folder(path, spec, dev, dt)
     if spec.startswith("showo:"):
-        raise UnirlError(f"{spec}: the Show-o backend is not available yet")
+        return showo.load_showo_folder(spec.split(":", 1)[1], spec, dev, dt)
     path = Path(spec)
     if path.is_dir():
         backend = _backend_of_folder(path)
         if backend == "janus":
             return janus.load_janus_folder(str(path), spec, dev, dt)
+        if backend == "showo":
+            return showo.load_showo_folder(path, spec, dev, dt)
         raise UnirlError(f"{path}: backend {backend!r} is not available")
-    raise UnirlError(f"{spec}: not a model spec (toy, janus-tiny, janus:PATH, showo:PATH) nor a model folder")
+    raise UnirlError(f"{spec}: not a model spec (toy, janus-tiny, showo-tiny, janus:PATH, showo:PATH) "
+                     f"nor a model folder")

@@ -2,12 +2,15 @@
 
 Loads Show-o's native checkpoint folders (config.json `_class_name: Showo`, keys `showo.model.*` /
 `showo.lm_head.*`) into transformers' `PhiForCausalLM` (with the q/k LayerNorms Show-o's own Phi always
-has), and reproduces Show-o's logits and attention masks exactly. Sampling is built on top of this.
+has), and reproduces Show-o's logits and attention masks exactly. `ShowoModel` (at the end) puts it, with
+MAGVIT-v2 and a text tokenizer, behind the UnifiedModel interface: MaskGIT generation with per-step
+log-probs for RL, and understanding.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from transformers import PhiConfig, PhiForCausalLM
 
 from unirl.config import read_json_object
 from unirl.errors import UnirlError
+from unirl.models.base import ImageRollout, Images, UnifiedModel
 
 CLASS_NAME = "Showo"  # what Show-o's save_config writes as `_class_name`
 WEIGHTS_NAME = "pytorch_model.safetensors"  # the name Show-o's own save_pretrained uses
@@ -386,3 +390,434 @@ def save_showo_lm(lm: ShowoLM, vocab: ShowoVocab, folder: str | Path, config: di
     (folder / PHI_SUBFOLDER / "config.json").write_text(json.dumps(phi, indent=2, sort_keys=True) + "\n")
     state = {k: v.detach().to("cpu").contiguous() for k, v in lm.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+
+
+# --- the UnifiedModel backend -----------------------------------------------------------------------------
+
+MODEL_CARD = "unirl_model.json"  # marks a folder this toolkit saved; names the backend
+MAGVIT_SUBFOLDER = "magvitv2"
+MMU_TEMPLATE = "USER: \n{question} ASSISTANT:"  # Show-o's understanding prompt (inference_mmu.py)
+LOG_EPS = math.log(1e-20)  # Show-o clamps probabilities at 1e-20 before taking the log of a confidence
+
+
+def cosine_mask_len(step: int, steps: int, num_tokens: int) -> int:
+    """How many image tokens Show-o leaves masked after `step` (before the clamp to [1, unknown - 1]):
+    floor(T · cos(π/2 · (step+1)/steps)), computed in float32 as Show-o's cosine_schedule does."""
+    ratio = torch.tensor((step + 1) / steps)  # float32, as in Show-o
+    return int((num_tokens * torch.cos(ratio * math.pi * 0.5)).floor())
+
+
+def guided_logits(cond: torch.Tensor, uncond: torch.Tensor | None, guidance: float) -> torch.Tensor:
+    """Show-o's (MUSE's) classifier-free guidance: (1 + g)·cond − g·uncond, applied only when g > 0."""
+    if uncond is None or guidance <= 0:
+        return cond
+    return (1 + guidance) * cond - guidance * uncond
+
+
+class ShowoModel(UnifiedModel):
+    """Show-o (VQ-token variant) behind the UnifiedModel interface.
+
+    Generation (<|t2i|>) is Show-o's MaskGIT loop: every step predicts all masked image tokens at once,
+    samples each from softmax(guided / temperature) (temperature 1 is Show-o's sampling, 0 is argmax), and
+    re-masks the least confident ones (log p of the sample + annealed Gumbel noise) so that the number still
+    masked follows the cosine schedule; the last step commits everything left.
+
+    Log-probs for RL. Masked generation has no left-to-right factorisation, so a sampled image's log-prob is
+    defined as the sum over unmasking steps of the log-probs of the tokens committed at that step, given what
+    was visible at that step, under the guided distribution they were drawn from. The rollout keeps each
+    token's commit step (`extra["commit_step"]`); `image_token_logprobs` rebuilds every step's visible input
+    from it and scores all steps in one batched forward (chunked by `max_rows_per_forward`). At temperature 0
+    the log-prob is taken under temperature 1.
+
+    Understanding (<|mmu|>): `[<|mmu|>] [<|soi|>] image [<|eoi|>] [<|sot|>] USER: \\n{q} ASSISTANT:`, the image
+    prefix bidirectional and the text causal (Show-o's mmu mask); answers are greedy up to <|eot|>.
+    """
+
+    backend = "showo"
+
+    def __init__(self, lm: ShowoLM, vocab: ShowoVocab, vq: Any, tokenizer: Any, spec: str, device: torch.device,
+                 dtype: torch.dtype, *, image_size: int, steps: int = 18, max_text_len: int = 128,
+                 guidance: float | None = None, remask_temperature: float = 1.0,
+                 showo_config: dict[str, Any] | None = None, max_rows_per_forward: int = 256) -> None:
+        self.module = lm.to(device=device, dtype=dtype).eval()  # eval: no dropout; grads still flow
+        self.vq = vq.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
+        self.vocab, self.tokenizer = vocab, tokenizer
+        self.spec, self.device, self.dtype = spec, device, dtype
+        self.image_size, self.steps, self.max_text_len = int(image_size), int(steps), int(max_text_len)
+        self.remask_temperature = float(remask_temperature)  # Show-o's `temperature` argument (Gumbel noise)
+        self.max_rows_per_forward = int(max_rows_per_forward)
+        self.showo_config = dict(showo_config or {})
+        if self.image_size % vq.downsample_factor:
+            raise UnirlError(f"{spec}: image_size {image_size} is not a multiple of MAGVIT's downsampling "
+                             f"{vq.downsample_factor}")
+        if vq.codebook_size != vocab.codebook_size:
+            raise UnirlError(f"{spec}: MAGVIT codebook {vq.codebook_size} != Show-o codebook_size "
+                             f"{vocab.codebook_size}")
+        if len(tokenizer) > vocab.text_vocab_size:
+            raise UnirlError(f"{spec}: text tokenizer has {len(tokenizer)} tokens, more than Show-o's llm_vocab_size "
+                             f"{vocab.text_vocab_size}")
+        if self.steps < 1:
+            raise UnirlError(f"{spec}: steps expected >= 1, got {steps}")
+        # Show-o's README: guidance 5 for the 512 px models, 1.75 for the 256 px ones.
+        self._guidance = float(guidance) if guidance is not None else (5.0 if self.image_size >= 512 else 1.75)
+        self.yes_ids, self.no_ids = self._answer_word_ids(("yes", "Yes")), self._answer_word_ids(("no", "No"))
+        if set(self.yes_ids) & set(self.no_ids):
+            raise UnirlError(f"{spec}: tokenizer does not give 'yes' and 'no' distinct first tokens")
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def default_guidance(self) -> float:
+        return self._guidance
+
+    @property
+    def num_image_tokens(self) -> int:
+        return (self.image_size // self.vq.downsample_factor) ** 2
+
+    def _answer_word_ids(self, words: tuple[str, ...]) -> list[int]:
+        """First token ids of " word" (after "ASSISTANT:", answers start with a space)."""
+        return sorted({self.tokenizer.encode(" " + w, add_special_tokens=False)[0] for w in words})
+
+    def _text_ids(self, texts: list[str]) -> list[list[int]]:
+        return [list(r) for r in self.tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+    # ----------------------------------------------------------------- generation
+    def _t2i_batch(self, prompts: list[str], guidance: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sequences with a fully masked image ([R, L]; R = N, or 2N with the uncond rows after the cond
+        rows when guidance > 0) and their attention mask [R, 1, L, L]."""
+        if guidance < 0:
+            raise UnirlError(f"guidance: expected >= 0 (Show-o's (1+g)·cond − g·uncond), got {guidance}")
+        n, t = len(prompts), self.num_image_tokens
+        masked = torch.full((n, t), self.vocab.mask_id, dtype=torch.long, device=self.device)
+        ids = t2i_sequence(self._text_ids(prompts), masked, self.vocab, self.max_text_len)
+        if guidance > 0:
+            ids = torch.cat([ids, t2i_sequence([[]] * n, masked, self.vocab, self.max_text_len)])
+        return ids, t2i_attention_mask(ids, self.vocab)
+
+    def _image_logprobs(self, ids: torch.Tensor, allowed: torch.Tensor, guidance: float,
+                        temperature: float) -> torch.Tensor:
+        """Guided log-probs over the codebook at every image position: [R/2 or R, T, K] (float32)."""
+        t = self.num_image_tokens
+        logits = self.module(ids, allowed, logits_to_keep=t + 1)[:, :t, self.vocab.image_code_offset:
+                                                                 self.vocab.mask_id].float()
+        if guidance > 0:
+            cond, uncond = logits.chunk(2)
+            logits = guided_logits(cond, uncond, guidance)
+        return torch.log_softmax(logits / (temperature if temperature > 0 else 1.0), dim=-1)
+
+    @torch.no_grad()
+    def generate_images(self, prompts: list[str], num_per_prompt: int = 1, guidance: float | None = None,
+                        temperature: float = 1.0, seed: int = 0, steps: int | None = None) -> ImageRollout:
+        if not prompts:
+            raise UnirlError("generate_images: expected at least one prompt")
+        guidance = self.default_guidance if guidance is None else float(guidance)
+        steps = self.steps if steps is None else int(steps)
+        if steps < 1:
+            raise UnirlError(f"steps: expected >= 1, got {steps}")
+        per_sample = [p for p in prompts for _ in range(num_per_prompt)]
+        n, t = len(per_sample), self.num_image_tokens
+        ids, allowed = self._t2i_batch(per_sample, guidance)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        codes = torch.full((n, t), -1, dtype=torch.long, device=self.device)  # -1 = still masked
+        commit = torch.full((n, t), -1, dtype=torch.long, device=self.device)
+        logprobs = torch.zeros((n, t), dtype=torch.float32, device=self.device)
+        remask_temperature = self.remask_temperature
+        for step in range(steps):
+            ids[:, -(t + 1):-1] = self.vocab.codes_to_ids(codes).repeat(ids.shape[0] // n, 1)
+            lp = self._image_logprobs(ids, allowed, guidance, temperature)  # [N, T, K]
+            if temperature > 0:
+                sampled = torch.multinomial(lp.exp().view(n * t, -1), 1, generator=generator).view(n, t)
+            else:
+                sampled = lp.argmax(-1)
+            unknown = codes < 0
+            sampled = torch.where(unknown, sampled, codes)
+            chosen = lp.gather(-1, sampled[..., None]).squeeze(-1)
+            if step == steps - 1:  # the last step commits every token still masked
+                keep = unknown
+            else:
+                ratio = (step + 1) / steps
+                mask_len = torch.tensor(cosine_mask_len(step, steps, t), device=self.device)
+                mask_len = (unknown.sum(-1, keepdim=True) - 1).clamp(max=mask_len).clamp(min=1)
+                remask_temperature = remask_temperature * (1.0 - ratio)
+                uniform = torch.zeros((n, t), device=self.device).uniform_(0, 1, generator=generator)
+                gumbel = -torch.log((-torch.log(uniform.clamp(min=1e-20))).clamp(min=1e-20))
+                confidence = chosen.clamp(min=LOG_EPS) + remask_temperature * gumbel
+                confidence = torch.where(unknown, confidence, torch.inf)  # known tokens stay
+                cut_off = confidence.sort(dim=-1).values.gather(1, mask_len)
+                keep = unknown & ~(confidence < cut_off)
+            commit = torch.where(keep, step, commit)
+            logprobs = torch.where(keep, chosen, logprobs)
+            codes = torch.where(keep, sampled, codes)
+            if step < steps - 1 and not bool((codes < 0).any()):
+                break  # everything committed early (only when steps > T): nothing left to do
+        images = self.decode_tokens(codes)
+        sampling = dict(guidance=guidance, temperature=temperature, seed=seed, num_per_prompt=num_per_prompt,
+                        steps=steps, remask_temperature=self.remask_temperature, schedule="cosine")
+        return ImageRollout(images=images, tokens=codes, logprobs=logprobs, prompts=per_sample, sampling=sampling,
+                            extra={"commit_step": commit})
+
+    @torch.no_grad()
+    def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Image codes [N,T] → images [N,3,H,W] in [0,1], in one batched MAGVIT decode."""
+        pixels = self.vq.decode(tokens.to(self.device))
+        return ((pixels.float() + 1) / 2).clamp(0, 1)
+
+    def image_token_logprobs(self, prompts_per_sample: list[str], tokens: torch.Tensor,
+                             guidance: float | None = None, temperature: float = 1.0,
+                             rollout: ImageRollout | None = None) -> torch.Tensor:
+        """[N, T]: each token's guided log-prob at its commit step, given the tokens committed at earlier
+        steps (the rest masked); differentiable. The commit steps come from `rollout.extra["commit_step"]`;
+        without a rollout they are unknown, and every token is scored as if committed at step 0 (one-step
+        unmasking: log p(token | prompt, whole image masked)), which is not the rollout's log-prob."""
+        guidance = self.default_guidance if guidance is None else float(guidance)
+        n, t = tokens.shape
+        if len(prompts_per_sample) != n:
+            raise UnirlError(f"image_token_logprobs: {len(prompts_per_sample)} prompts for {n} token rows")
+        if rollout is None:  # documented fallback: every token committed at step 0 (one-step unmasking)
+            commit = torch.zeros((n, t), dtype=torch.long)
+        else:
+            commit = rollout.extra.get("commit_step")
+            if commit is None:
+                raise UnirlError("image_token_logprobs: Show-o log-probs need the rollout's commit steps "
+                                 "(rollout.extra['commit_step'], as generate_images records them)")
+        if tuple(commit.shape) != (n, t):
+            raise UnirlError(f"image_token_logprobs: rollout commit_step has shape {tuple(commit.shape)}, "
+                             f"expected {(n, t)}")
+        tokens, commit = tokens.to(self.device), commit.to(self.device)
+        if bool((commit < 0).any()):
+            raise UnirlError("image_token_logprobs: rollout commit_step has tokens that were never committed")
+        ids, allowed = self._t2i_batch(prompts_per_sample, guidance)
+        reps = ids.shape[0] // n
+        steps = torch.unique(commit).tolist()
+        per_chunk = max(1, self.max_rows_per_forward // ids.shape[0])
+        out = torch.zeros((n, t), dtype=torch.float32, device=self.device)
+        for start in range(0, len(steps), per_chunk):
+            chunk = steps[start:start + per_chunk]
+            s = torch.tensor(chunk, device=self.device)[:, None, None]  # [S, 1, 1]
+            visible = commit[None] < s  # [S, N, T]
+            image = torch.where(visible, self.vocab.codes_to_ids(tokens)[None], self.vocab.mask_id)
+            image = image.repeat(1, reps, 1)  # [S, R, T]: the uncond rows see the cond rows' image
+            batch_ids = ids.repeat(len(chunk), 1, 1)
+            batch_ids[:, :, -(t + 1):-1] = image
+            logits = self.module(batch_ids.flatten(0, 1), allowed.repeat(len(chunk), 1, 1, 1),
+                                 logits_to_keep=t + 1)[:, :t, self.vocab.image_code_offset:self.vocab.mask_id]
+            logits = logits.float().view(len(chunk), reps, n, t, -1)
+            logits = guided_logits(logits[:, 0], logits[:, 1] if reps == 2 else None, guidance)
+            lp = torch.log_softmax(logits / (temperature if temperature > 0 else 1.0), dim=-1)
+            lp = lp.gather(-1, tokens[None, ..., None].expand(len(chunk), n, t, 1)).squeeze(-1)  # [S, N, T]
+            out = out + torch.where(commit[None] == s, lp, 0.0).sum(0)
+        return out
+
+    # ----------------------------------------------------------------- understanding
+    def preprocess_images(self, images: torch.Tensor) -> torch.Tensor:
+        """[N,3,H,W] in [0,1] → MAGVIT's input [N,3,S,S] in [-1,1]: the shorter side resized to the model's
+        image size, then a centre crop (Show-o's image_transform), batched."""
+        images = images.to(self.device, torch.float32)
+        h, w = images.shape[-2:]
+        if (h, w) != (self.image_size, self.image_size):
+            scale = self.image_size / min(h, w)
+            size = (max(self.image_size, round(h * scale)), max(self.image_size, round(w * scale)))
+            images = torch.nn.functional.interpolate(images, size=size, mode="bicubic", antialias=True,
+                                                     align_corners=False).clamp(0, 1)
+            top, left = (size[0] - self.image_size) // 2, (size[1] - self.image_size) // 2
+            images = images[:, :, top:top + self.image_size, left:left + self.image_size]
+        return images * 2 - 1
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [N,3,H,W] in [0,1] → image codes [N,T] (one batched MAGVIT encode)."""
+        return self.vq.encode(self.preprocess_images(images))
+
+    def _mmu_batch(self, images: Images, questions: list[str], answers: list[str] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+        """Left-padded understanding rows: ids [N, L], the first real position of each row [N], the end of
+        each row's bidirectional image prefix (its last <|eoi|>) [N], and each answer's token count."""
+        if isinstance(images, torch.Tensor):
+            if images.dim() != 4 or images.shape[1] != 3:
+                raise UnirlError(f"images: expected a tensor [N,3,H,W], got shape {tuple(images.shape)}")
+            per_sample, pixels = [1] * images.shape[0], images
+        else:
+            per_sample = [int(img.shape[0]) for img in images]
+            if any(img.dim() != 4 or img.shape[1] != 3 for img in images):
+                raise UnirlError("images: expected a list of tensors [k,3,H,W]")
+            pixels = torch.cat(list(images)) if images else torch.empty(0, 3, self.image_size, self.image_size)
+        if len(per_sample) != len(questions):
+            raise UnirlError(f"understanding: {len(per_sample)} image samples for {len(questions)} questions")
+        if answers is not None and len(answers) != len(questions):
+            raise UnirlError(f"understanding: {len(answers)} answers for {len(questions)} questions")
+        image_ids = self.vocab.codes_to_ids(self.encode_images(pixels)).tolist() if len(pixels) else []
+        texts = self._text_ids([MMU_TEMPLATE.format(question=q) for q in questions])
+        answer_rows = []
+        if answers is not None:
+            answer_rows = [r + [self.vocab.eot_id] for r in self._text_ids([" " + a for a in answers])]
+        rows, prefix_lens, k = [], [], 0
+        v = self.vocab
+        for i, count in enumerate(per_sample):
+            row = [v.mmu_id]
+            for codes in image_ids[k:k + count]:  # several images: one [soi] .. [eoi] block each
+                row += [v.soi_id, *codes, v.eoi_id]
+            k += count
+            prefix_lens.append(len(row))
+            row += [v.sot_id, *texts[i]] + (answer_rows[i] if answers is not None else [])
+            rows.append(row)
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), v.pad_id, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r)
+        start = torch.tensor([width - len(r) for r in rows])
+        prefix_end = start + torch.tensor(prefix_lens) - 1
+        return ids.to(self.device), start.to(self.device), prefix_end.to(self.device), [len(a) for a in answer_rows]
+
+    @staticmethod
+    def _mmu_inputs(ids: torch.Tensor, start: torch.Tensor, prefix_end: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Show-o's mmu mask (causal; the image prefix bidirectional) with the left pads hidden, and
+        positions counted from each row's first real token, so padding changes nothing."""
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        causal = pos[None, :, None] >= pos[None, None, :]
+        allowed = (causal | (pos[None, None, :] <= prefix_end[:, None, None])) & (pos[None, None, :] >= start[:, None,
+                                                                                                             None])
+        return allowed.unsqueeze(1), (pos[None] - start[:, None]).clamp(min=0)
+
+    def _mmu_logits(self, ids: torch.Tensor, start: torch.Tensor, prefix_end: torch.Tensor,
+                    logits_to_keep: int = 0) -> torch.Tensor:
+        allowed, positions = self._mmu_inputs(ids, start, prefix_end)
+        return self.module(ids, allowed, position_ids=positions, logits_to_keep=logits_to_keep).float()
+
+    @torch.no_grad()
+    def answer(self, images: Images, questions: list[str], max_new_tokens: int = 32) -> list[str]:
+        """Greedy answers, batched, up to <|eot|> (recomputing the sequence each step: Show-o's mmu mask
+        is not a plain causal one, so this stays with Show-o's own full-sequence forward)."""
+        ids, start, prefix_end, _ = self._mmu_batch(images, questions)
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=self.device)
+        generated = []
+        for _ in range(max_new_tokens):
+            token = self._mmu_logits(ids, start, prefix_end, logits_to_keep=1)[:, -1].argmax(-1)
+            token = torch.where(done, self.vocab.eot_id, token)
+            generated.append(token)
+            done |= token == self.vocab.eot_id
+            if bool(done.all()):
+                break
+            ids = torch.cat([ids, token[:, None]], dim=1)
+        answers = []
+        for row in (torch.stack(generated, dim=1).tolist() if generated else [[] for _ in questions]):
+            row = row[:row.index(self.vocab.eot_id)] if self.vocab.eot_id in row else row
+            text_ids = [i for i in row if i < len(self.tokenizer)]  # drop image codes / Show-o's own tokens
+            answers.append(self.tokenizer.decode(text_ids, skip_special_tokens=True).strip())
+        return answers
+
+    def answer_logprobs(self, images: Images, questions: list[str], answers: list[str]) -> torch.Tensor:
+        """Sum of log p(answer tokens + <|eot|>) given image and question, teacher-forced; differentiable. [N]"""
+        ids, start, prefix_end, lengths = self._mmu_batch(images, questions, answers)
+        logits = self._mmu_logits(ids, start, prefix_end)
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        width = logprobs.shape[1]
+        starts = width - torch.tensor(lengths, device=self.device)[:, None]
+        span = torch.arange(width, device=self.device)[None] >= starts
+        return (logprobs * span).sum(-1)
+
+    def yes_no(self, images: Images, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """p(yes), p(no) from the first answer token's distribution. [N], [N]"""
+        ids, start, prefix_end, _ = self._mmu_batch(images, questions)
+        probs = torch.softmax(self._mmu_logits(ids, start, prefix_end, logits_to_keep=1)[:, -1], dim=-1)
+        return probs[:, self.yes_ids].sum(-1), probs[:, self.no_ids].sum(-1)
+
+    # ----------------------------------------------------------------- saving
+    def save_pretrained(self, path: str | Path) -> None:
+        """Show-o's native layout (config.json, phi/, pytorch_model.safetensors), the MAGVIT folder in
+        magvitv2/, the text tokenizer files, and unirl_model.json with the sampling settings."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        config = dict(self.showo_config, num_vq_tokens=self.num_image_tokens)
+        save_showo_lm(self.module, self.vocab, path, config=config)
+        self.vq.save_pretrained(path / MAGVIT_SUBFOLDER)
+        self.tokenizer.save_pretrained(path)
+        card = {"backend": self.backend, "base": self.spec, "image_size": self.image_size, "steps": self.steps,
+                "max_text_len": self.max_text_len, "guidance": self.default_guidance,
+                "remask_temperature": self.remask_temperature}
+        (path / MODEL_CARD).write_text(json.dumps(card, indent=1))
+
+
+def tiny_phi_config(vocab_size: int, hidden: int = 64, layers: int = 2, heads: int = 4) -> PhiConfig:
+    return PhiConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                     num_attention_heads=heads, max_position_embeddings=512)
+
+
+def tiny_magvit_config(image_size: int = 32, z_channels: int = 6) -> Any:
+    """A random-init MAGVIT-v2 that maps 32 px to a 4x4 grid (three downsamplings), codebook 2**z."""
+    from unirl.models.magvitv2 import MagvitV2Config
+
+    return MagvitV2Config(ch=32, ch_mult=[1, 1, 2, 2], num_res_blocks=[1, 1, 1, 1], decoder_ch_mult=[1, 1, 2, 2],
+                          decoder_num_res_blocks=[1, 1, 1, 1], attn_resolutions=[], resolution=image_size,
+                          z_channels=z_channels)
+
+
+def build_tiny_showo(seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                     spec: str = "showo-tiny") -> ShowoModel:
+    """A random-init tiny Show-o for tests: Phi hidden 64 x 2 layers, MAGVIT 32 px → 4x4 codes of 64, our
+    byte BPE tokenizer (its BOS / EOS as <|sot|> / <|eot|>), 8 unmasking steps (≤ 16 tokens, so every step
+    commits at least one)."""
+    from unirl.models.magvitv2 import MagvitV2
+    from unirl.models.tokenizer import build_byte_bpe_tokenizer
+
+    tokenizer = build_byte_bpe_tokenizer()
+    mconfig = tiny_magvit_config()
+    vocab = ShowoVocab(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, 2**mconfig.z_channels)
+    phi = tiny_phi_config(vocab.total_size)
+    phi.bos_token_id, phi.eos_token_id = vocab.sot_id, vocab.eot_id
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        lm = ShowoLM(phi, vocab)
+        vq = MagvitV2(mconfig)
+    return ShowoModel(lm, vocab, vq, tokenizer, spec, torch.device(device), dtype, image_size=32, steps=8,
+                      max_text_len=32, guidance=5.0)
+
+
+def _read_tokenizer(folder: Path, phi_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    for cand in (folder, phi_dir):
+        if (cand / "tokenizer.json").is_file() or (cand / "vocab.json").is_file():
+            try:
+                return AutoTokenizer.from_pretrained(str(cand), local_files_only=True)
+            except (OSError, ValueError) as e:
+                reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+                raise UnirlError(f"{cand}: the text tokenizer cannot be read ({reason})") from None
+    raise UnirlError(f"{folder / 'tokenizer.json'}: no text tokenizer (expected tokenizer.json, or Phi's "
+                     f"vocab.json + merges.txt, in {folder} or {phi_dir})")
+
+
+def load_showo_folder(path: str | Path, spec: str, device: torch.device, dtype: torch.dtype) -> ShowoModel:
+    """A Show-o folder: one this toolkit saved, or a real Show-o checkpoint laid out as below.
+
+    Expected in the folder (nothing is downloaded):
+      config.json + pytorch_model.safetensors (or model.safetensors, shards, pytorch_model.bin): Show-o's
+          own checkpoint (e.g. showlab/show-o-512x512, `_class_name: Showo`, w_clip_vit false);
+      phi/ (or config.json's llm_model_path): the Phi-1.5 config folder, its config.json;
+      the text tokenizer: tokenizer.json (or Phi's vocab.json + merges.txt) in the folder or in phi/;
+      magvitv2/: the MAGVIT-v2 tokenizer folder (showlab/magvitv2: config.json + weights);
+      unirl_model.json (optional): image_size, steps, max_text_len, guidance, remask_temperature. Without
+          it: image size from num_vq_tokens, 18 steps, 128 text tokens, guidance 5 (512 px) or 1.75.
+    """
+    from unirl.models.magvitv2 import MagvitV2
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UnirlError(f"{folder}: no such Show-o model folder")
+    config = read_json_object(folder / "config.json", "Show-o's config with _class_name 'Showo'")
+    llm_path = config.get("llm_model_path")
+    if not isinstance(llm_path, str) or not llm_path:
+        raise UnirlError(f"{folder / 'config.json'}: field 'llm_model_path' missing (expected the Phi config folder)")
+    tokenizer = _read_tokenizer(folder, _phi_config_dir(folder, llm_path, folder / "config.json"))
+    lm, vocab, config = load_showo_lm(folder, device=device, dtype=dtype, sot_id=tokenizer.bos_token_id,
+                                      eot_id=tokenizer.eos_token_id)
+    if not (folder / MAGVIT_SUBFOLDER / "config.json").is_file():
+        raise UnirlError(f"{folder / MAGVIT_SUBFOLDER / 'config.json'}: not found (expected the MAGVIT-v2 folder "
+                         f"in {MAGVIT_SUBFOLDER}/)")
+    vq = MagvitV2.from_folder(folder / MAGVIT_SUBFOLDER, device=device)
+    card = read_json_object(folder / MODEL_CARD, "a model card") if (folder / MODEL_CARD).is_file() else {}
+    grid = math.isqrt(int(config.get("num_vq_tokens", 256)))
+    image_size = int(card.get("image_size", grid * vq.downsample_factor))
+    return ShowoModel(lm, vocab, vq, tokenizer, spec, device, dtype, image_size=image_size,
+                      steps=int(card.get("steps", 18)), max_text_len=int(card.get("max_text_len", 128)),
+                      guidance=card.get("guidance"), remask_temperature=float(card.get("remask_temperature", 1.0)),
+                      showo_config=config)
