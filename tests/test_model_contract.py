@@ -1,11 +1,20 @@
 """The model interface of DESIGN.md, checked on every backend in CONTRACT_BACKENDS."""
 
+import time
+
 import pytest
 import torch
 
 from unirl.models import load_model
 
 PROMPTS = ["a photo of a red circle", "a photo of two blue stars and a pink heart"]
+
+
+def test_tiny_backend_builds_fast(model):
+    load_model(model.spec, device="cpu", seed=1)  # imports warm
+    start = time.perf_counter()
+    load_model(model.spec, device="cpu", seed=2)
+    assert time.perf_counter() - start < 2.0
 
 
 def test_generate_images_shapes_and_ranges(model):
