@@ -32,6 +32,7 @@ SPECIAL_TOKENS = ("[PAD]", "<|soi|>", "<|eoi|>", "<|sov|>", "<|eov|>", "<|t2i|>"
 # Phi-1.5's tokenizer: Show-o's llm_vocab_size for it, and its BOS = EOS (<|endoftext|>); the released
 # Phi-1.5 config leaves bos/eos null, so this is the fallback for real checkpoints.
 PHI15_TEXT_VOCAB, PHI15_BOS_EOS = 50295, 50256
+SHOWO_CLIP_HIDDEN = 1024  # Show-o's mm_projector input: CLIP ViT-L/14-336's hidden size
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,22 @@ def mmu_attention_mask(input_ids: torch.Tensor, vocab: ShowoVocab, num_image_tok
     return allowed.unsqueeze(1)
 
 
+def mmu_vit_attention_mask(is_feature: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+    """Show-o's `create_attention_mask_for_mmu_vit(..., return_inverse_mask=False)` as bool "may attend":
+    causal, and every row (before them too) sees every CLIP feature position (`is_feature` [B, L]). Show-o
+    marks the fixed columns [2 + system_prompt_len, 2 + system_prompt_len + 576), its one image's features
+    between <|soi|> and <|eoi|>; the <|soi|> / <|eoi|> tokens themselves stay causal. With `start` [B] (left
+    padding), keys before a row's start are hidden and each position keeps itself (no empty pad rows).
+    """
+    b, length = is_feature.shape
+    pos = torch.arange(length, device=is_feature.device)
+    causal = pos[:, None] >= pos[None, :]
+    allowed = causal[None] | is_feature[:, None, :]
+    if start is not None:
+        allowed = (allowed & (pos[None, None, :] >= start[:, None, None])) | (pos[:, None] == pos[None, :])[None]
+    return allowed.unsqueeze(1)
+
+
 # --- sequences --------------------------------------------------------------------------------------------
 
 
@@ -201,7 +218,8 @@ class ShowoLM(torch.nn.Module):
     """Show-o's LLM: `self.showo` is a `PhiForCausalLM` over the whole Show-o vocabulary, so the state-dict
     keys are Show-o's own (`showo.model.*`, `showo.lm_head.*`)."""
 
-    def __init__(self, phi_config: PhiConfig, vocab: ShowoVocab, attn_implementation: str = "sdpa") -> None:
+    def __init__(self, phi_config: PhiConfig, vocab: ShowoVocab, attn_implementation: str = "sdpa",
+                 clip_hidden_size: int | None = None) -> None:
         super().__init__()
         if attn_implementation not in ("sdpa", "eager"):
             # Flash kernels take no arbitrary 4-D mask, and Show-o's omni-attention is one.
@@ -213,11 +231,31 @@ class ShowoLM(torch.nn.Module):
         config._attn_implementation = attn_implementation
         self.showo = PhiForCausalLM(config)
         self.vocab = vocab
+        # The CLIP-ViT variant (w_clip_vit): CLIP patch features -> Linear, GELU, Linear -> Phi's hidden size,
+        # Show-o's `mm_projector` (keys mm_projector.0.* / mm_projector.2.*; 1024 -> 2048 -> 2048 for its models).
+        self.mm_projector: torch.nn.Sequential | None = None
+        if clip_hidden_size is not None:
+            hidden = config.hidden_size
+            self.mm_projector = torch.nn.Sequential(torch.nn.Linear(clip_hidden_size, hidden), torch.nn.GELU(),
+                                                    torch.nn.Linear(hidden, hidden))
 
-    def forward(self, input_ids: torch.Tensor, attention_allowed: torch.Tensor,
-                position_ids: torch.Tensor | None = None, logits_to_keep: int = 0) -> torch.Tensor:
-        """input_ids [B, L], attention_allowed bool [B, 1, L, L] (True = may attend) -> logits [B, L, V]
-        (only the last `logits_to_keep` positions when it is > 0)."""
+    def embed(self, input_ids: torch.Tensor, image_features: torch.Tensor | None = None,
+              is_image: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings [B, L, D]; with CLIP `image_features` [K, C] (K = is_image.sum()), the positions
+        where `is_image` [B, L] is True take `mm_projector(image_features)` instead, in row-major order."""
+        embeds = self.showo.model.embed_tokens(input_ids)
+        if image_features is None:
+            return embeds
+        if self.mm_projector is None:
+            raise UnirlError("ShowoLM.embed: image features given, but this model has no mm_projector")
+        projected = self.mm_projector(image_features.to(embeds.dtype))
+        return embeds.masked_scatter(is_image[..., None], projected)
+
+    def forward(self, input_ids: torch.Tensor | None, attention_allowed: torch.Tensor,
+                position_ids: torch.Tensor | None = None, logits_to_keep: int = 0,
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids [B, L] (or inputs_embeds [B, L, D]), attention_allowed bool [B, 1, L, L] (True = may
+        attend) -> logits [B, L, V] (only the last `logits_to_keep` positions when it is > 0)."""
         if attention_allowed.dtype != torch.bool or attention_allowed.dim() != 4:
             raise ValueError("ShowoLM.forward: attention_allowed must be a bool [B, 1, L, L] tensor")
         # transformers passes a 4-D mask through untouched. SDPA reads a bool mask as "may attend"; eager
@@ -228,8 +266,8 @@ class ShowoLM(torch.nn.Module):
             dtype = self.showo.model.embed_tokens.weight.dtype
             mask = torch.zeros(attention_allowed.shape, dtype=dtype, device=attention_allowed.device)
             mask = mask.masked_fill(~attention_allowed, torch.finfo(dtype).min)
-        out = self.showo(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False,
-                         logits_to_keep=logits_to_keep)
+        out = self.showo(input_ids=None if inputs_embeds is not None else input_ids, inputs_embeds=inputs_embeds,
+                         attention_mask=mask, position_ids=position_ids, use_cache=False, logits_to_keep=logits_to_keep)
         return out.logits
 
 
@@ -290,12 +328,14 @@ def _read_weights(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
 
 
 def load_showo_lm(folder: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                  sot_id: int | None = None, eot_id: int | None = None
+                  sot_id: int | None = None, eot_id: int | None = None, clip_hidden_size: int | None = None
                   ) -> tuple[ShowoLM, ShowoVocab, dict[str, Any]]:
     """Load a Show-o checkpoint folder in its native layout -> (lm in eval mode, vocab, Show-o's config dict).
 
     `sot_id` / `eot_id` (the text tokenizer's BOS / EOS) default to the Phi config's bos/eos ids, or to
-    Phi-1.5's <|endoftext|> when the text vocabulary is Phi-1.5's. dtype None -> float32.
+    Phi-1.5's <|endoftext|> when the text vocabulary is Phi-1.5's. dtype None -> float32. With
+    `w_clip_vit: true` the state dict must also hold `mm_projector.*` (strict, like the rest), its input
+    width the CLIP tower's hidden size `clip_hidden_size` (None: 1024, CLIP ViT-L/14 as in Show-o).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -304,9 +344,9 @@ def load_showo_lm(folder: str | Path, device: str | torch.device | None = None, 
     config = read_json_object(config_file, "Show-o's config with _class_name 'Showo'")
     if config.get("_class_name") != CLASS_NAME:
         raise UnirlError(f"{config_file}: _class_name {config.get('_class_name')!r}, expected {CLASS_NAME!r}")
-    if config.get("w_clip_vit"):
-        raise UnirlError(f"{config_file}: w_clip_vit is true; only Show-o's VQ-token (w_clip_vit false) models "
-                         f"are supported")
+    w_clip_vit = config.get("w_clip_vit", False)
+    if not isinstance(w_clip_vit, bool):
+        raise UnirlError(f"{config_file}: field 'w_clip_vit' is {w_clip_vit!r}, expected true or false")
     text_vocab = _int_field(config, "llm_vocab_size", config_file)
     codebook = _int_field(config, "codebook_size", config_file)
     vocab_size = _int_field(config, "vocab_size", config_file)
@@ -339,8 +379,9 @@ def load_showo_lm(folder: str | Path, device: str | torch.device | None = None, 
     vocab = ShowoVocab(text_vocab, token_id(sot_id, "bos_token_id"), token_id(eot_id, "eos_token_id"), codebook)
 
     weights_file, state = _read_weights(folder)
+    clip_width = (clip_hidden_size or SHOWO_CLIP_HIDDEN) if w_clip_vit else None
     with torch.device("meta"):  # no random init of weights that are overwritten next
-        lm = ShowoLM(phi_config, vocab)
+        lm = ShowoLM(phi_config, vocab, clip_hidden_size=clip_width)
     # The rotary tables are non-persistent buffers (not in the checkpoint): rebuild them for real, in float32.
     lm.showo.model.rotary_emb = type(lm.showo.model.rotary_emb)(config=lm.showo.config)
     expected = lm.state_dict()
@@ -374,7 +415,7 @@ def save_showo_lm(lm: ShowoLM, vocab: ShowoVocab, folder: str | Path, config: di
         "load_from_showo": True,
         "mask_token_id": vocab.mask_id,
         "vocab_size": vocab.total_size,
-        "w_clip_vit": False,
+        "w_clip_vit": lm.mm_projector is not None,
     })
     out.setdefault("num_vq_tokens", 256)
     (folder / "config.json").write_text(json.dumps(dict(sorted(out.items())), indent=2) + "\n")
@@ -397,6 +438,14 @@ def save_showo_lm(lm: ShowoLM, vocab: ShowoVocab, folder: str | Path, config: di
 MODEL_CARD = "unirl_model.json"  # marks a folder this toolkit saved; names the backend
 MAGVIT_SUBFOLDER = "magvitv2"
 MMU_TEMPLATE = "USER: \n{question} ASSISTANT:"  # Show-o's understanding prompt (inference_mmu.py)
+# The CLIP-ViT variant's prompt (inference_mmu.py, w_clip_vit): LLaVA's phi1.5 conversation, stripped, after
+# `[<|mmu|>] SYSTEM [<|soi|>] CLIP features [<|eoi|>]` (no <|sot|>).
+MMU_VIT_TEMPLATE = "USER: {question} ASSISTANT:"
+MMU_VIT_SYSTEM_PROMPT = ("A chat between a curious user and an artificial intelligence assistant. "
+                         "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+CLIP_SUBFOLDER = "clip-vit"  # the CLIP vision tower of a w_clip_vit model (openai/clip-vit-large-patch14-336)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's normalisation (CLIPImageProcessor defaults)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 LOG_EPS = math.log(1e-20)  # Show-o clamps probabilities at 1e-20 before taking the log of a confidence
 
 
@@ -431,6 +480,11 @@ class ShowoModel(UnifiedModel):
 
     Understanding (<|mmu|>): `[<|mmu|>] [<|soi|>] image [<|eoi|>] [<|sot|>] USER: \\n{q} ASSISTANT:`, the image
     prefix bidirectional and the text causal (Show-o's mmu mask); answers are greedy up to <|eot|>.
+
+    The CLIP-ViT variant (`clip` given; the LM has an `mm_projector`): understanding reads the image through
+    the CLIP vision tower instead (penultimate layer, CLS dropped, → mm_projector → the embeddings between
+    <|soi|> and <|eoi|>): `[<|mmu|>] system [<|soi|>] features [<|eoi|>] USER: {q} ASSISTANT:`, with Show-o's
+    mmu-with-ViT mask (`mmu_vit_attention_mask`). Generation still uses MAGVIT tokens.
     """
 
     backend = "showo"
@@ -438,7 +492,9 @@ class ShowoModel(UnifiedModel):
     def __init__(self, lm: ShowoLM, vocab: ShowoVocab, vq: Any, tokenizer: Any, spec: str, device: torch.device,
                  dtype: torch.dtype, *, image_size: int, steps: int = 18, max_text_len: int = 128,
                  guidance: float | None = None, remask_temperature: float = 1.0,
-                 showo_config: dict[str, Any] | None = None, max_rows_per_forward: int = 256) -> None:
+                 showo_config: dict[str, Any] | None = None, max_rows_per_forward: int = 256, clip: Any = None,
+                 clip_mean: tuple[float, ...] = CLIP_MEAN, clip_std: tuple[float, ...] = CLIP_STD,
+                 system_prompt: str = MMU_VIT_SYSTEM_PROMPT) -> None:
         self.module = lm.to(device=device, dtype=dtype).eval()  # eval: no dropout; grads still flow
         self.vq = vq.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
         self.vocab, self.tokenizer = vocab, tokenizer
@@ -447,6 +503,17 @@ class ShowoModel(UnifiedModel):
         self.remask_temperature = float(remask_temperature)  # Show-o's `temperature` argument (Gumbel noise)
         self.max_rows_per_forward = int(max_rows_per_forward)
         self.showo_config = dict(showo_config or {})
+        # CLIP-ViT variant: the tower is frozen (as in Show-o); the projector is part of the LM and trains.
+        self.clip = clip.to(device=device, dtype=dtype).eval().requires_grad_(False) if clip is not None else None
+        self.clip_mean, self.clip_std, self.system_prompt = tuple(clip_mean), tuple(clip_std), system_prompt
+        projector = lm.mm_projector
+        if (projector is None) != (clip is None):
+            raise UnirlError(f"{spec}: the CLIP-ViT variant needs both a CLIP vision tower and an mm_projector "
+                             f"(tower {'given' if clip is not None else 'missing'}, mm_projector "
+                             f"{'present' if projector is not None else 'missing'})")
+        if clip is not None and clip.config.hidden_size != projector[0].in_features:
+            raise UnirlError(f"{spec}: CLIP hidden size {clip.config.hidden_size} != mm_projector input "
+                             f"{projector[0].in_features}")
         if self.image_size % vq.downsample_factor:
             raise UnirlError(f"{spec}: image_size {image_size} is not a multiple of MAGVIT's downsampling "
                              f"{vq.downsample_factor}")
@@ -627,10 +694,46 @@ class ShowoModel(UnifiedModel):
         """Images [N,3,H,W] in [0,1] → image codes [N,T] (one batched MAGVIT encode)."""
         return self.vq.encode(self.preprocess_images(images))
 
+    @property
+    def num_clip_features(self) -> int:
+        """CLIP patch features per image (the CLS token is dropped): (image_size / patch_size)²."""
+        return (self.clip.config.image_size // self.clip.config.patch_size) ** 2
+
+    def preprocess_clip(self, images: torch.Tensor) -> torch.Tensor:
+        """[N,3,H,W] in [0,1] → CLIP's input: the shorter side resized to CLIP's image size (bicubic), a
+        centre crop, then CLIP's mean/std normalisation (what CLIPImageProcessor does, batched in torch)."""
+        size = self.clip.config.image_size
+        images = images.to(self.device, torch.float32)
+        h, w = images.shape[-2:]
+        if (h, w) != (size, size):
+            scale = size / min(h, w)
+            full = (max(size, round(h * scale)), max(size, round(w * scale)))
+            images = torch.nn.functional.interpolate(images, size=full, mode="bicubic", antialias=True,
+                                                     align_corners=False).clamp(0, 1)
+            top, left = (full[0] - size) // 2, (full[1] - size) // 2
+            images = images[:, :, top:top + size, left:left + size]
+        mean = torch.tensor(self.clip_mean, device=self.device)[None, :, None, None]
+        std = torch.tensor(self.clip_std, device=self.device)[None, :, None, None]
+        return (images - mean) / std
+
+    @torch.no_grad()
+    def clip_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [N,3,H,W] in [0,1] → CLIP patch features [N, P, C]: the penultimate layer's hidden states
+        without the CLS token (Show-o's CLIPVisionTower: select_layer -2, select_feature 'patch')."""
+        pixels = self.preprocess_clip(images).to(self.dtype)
+        out = self.clip(pixel_values=pixels, output_hidden_states=True)
+        return out.hidden_states[-2][:, 1:]
+
     def _mmu_batch(self, images: Images, questions: list[str], answers: list[str] | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+        """`_mmu_rows` without the CLIP-ViT extras (the VQ variant's whole batch)."""
+        return self._mmu_rows(images, questions, answers)[:4]
+
+    def _mmu_rows(self, images: Images, questions: list[str], answers: list[str] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int], dict[str, torch.Tensor]]:
         """Left-padded understanding rows: ids [N, L], the first real position of each row [N], the end of
-        each row's bidirectional image prefix (its last <|eoi|>) [N], and each answer's token count."""
+        each row's bidirectional image prefix (its last <|eoi|>) [N], each answer's token count, and for the
+        CLIP-ViT variant {"features": [K, C], "is_feature": [N, L]} (else {})."""
         if isinstance(images, torch.Tensor):
             if images.dim() != 4 or images.shape[1] != 3:
                 raise UnirlError(f"images: expected a tensor [N,3,H,W], got shape {tuple(images.shape)}")
@@ -644,6 +747,8 @@ class ShowoModel(UnifiedModel):
             raise UnirlError(f"understanding: {len(per_sample)} image samples for {len(questions)} questions")
         if answers is not None and len(answers) != len(questions):
             raise UnirlError(f"understanding: {len(answers)} answers for {len(questions)} questions")
+        if self.clip is not None:
+            return self._mmu_vit_batch(per_sample, pixels, questions, answers)
         image_ids = self.vocab.codes_to_ids(self.encode_images(pixels)).tolist() if len(pixels) else []
         texts = self._text_ids([MMU_TEMPLATE.format(question=q) for q in questions])
         answer_rows = []
@@ -665,7 +770,42 @@ class ShowoModel(UnifiedModel):
             ids[i, width - len(r):] = torch.tensor(r)
         start = torch.tensor([width - len(r) for r in rows])
         prefix_end = start + torch.tensor(prefix_lens) - 1
-        return ids.to(self.device), start.to(self.device), prefix_end.to(self.device), [len(a) for a in answer_rows]
+        return (ids.to(self.device), start.to(self.device), prefix_end.to(self.device), [len(a) for a in answer_rows],
+                {})
+
+    def _mmu_vit_batch(self, per_sample: list[int], pixels: torch.Tensor, questions: list[str],
+                       answers: list[str] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int],
+                                                           dict[str, torch.Tensor]]:
+        """The CLIP-ViT rows, left-padded: `[<|mmu|>] system ([<|soi|>] features [<|eoi|>])… USER: {q}
+        ASSISTANT:` (+ answer <|eot|>); feature positions hold [PAD] ids, replaced by projected features."""
+        v, p = self.vocab, self.num_clip_features
+        feats = self.clip_features(pixels).flatten(0, 1) if len(pixels) else None
+        system = self._text_ids([self.system_prompt])[0] if self.system_prompt else []
+        texts = self._text_ids([MMU_VIT_TEMPLATE.format(question=q) for q in questions])
+        answer_rows = []
+        if answers is not None:
+            answer_rows = [r + [v.eot_id] for r in self._text_ids([" " + a for a in answers])]
+        rows, flags = [], []
+        for i, count in enumerate(per_sample):
+            row, flag = [v.mmu_id, *system], [False] * (1 + len(system))
+            for _ in range(count):
+                row += [v.soi_id, *[v.pad_id] * p, v.eoi_id]
+                flag += [False, *[True] * p, False]
+            tail = texts[i] + (answer_rows[i] if answers is not None else [])
+            rows.append(row + tail)
+            flags.append(flag + [False] * len(tail))
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), v.pad_id, dtype=torch.long)
+        is_feature = torch.zeros((len(rows), width), dtype=torch.bool)
+        for i, (r, f) in enumerate(zip(rows, flags)):
+            ids[i, width - len(r):] = torch.tensor(r)
+            is_feature[i, width - len(r):] = torch.tensor(f)
+        start = torch.tensor([width - len(r) for r in rows])
+        extra = {"is_feature": is_feature.to(self.device)}
+        if feats is not None:
+            extra["features"] = feats
+        return (ids.to(self.device), start.to(self.device), torch.full_like(start, -1).to(self.device),
+                [len(a) for a in answer_rows], extra)
 
     @staticmethod
     def _mmu_inputs(ids: torch.Tensor, start: torch.Tensor, prefix_end: torch.Tensor
@@ -679,19 +819,28 @@ class ShowoModel(UnifiedModel):
         return allowed.unsqueeze(1), (pos[None] - start[:, None]).clamp(min=0)
 
     def _mmu_logits(self, ids: torch.Tensor, start: torch.Tensor, prefix_end: torch.Tensor,
-                    logits_to_keep: int = 0) -> torch.Tensor:
-        allowed, positions = self._mmu_inputs(ids, start, prefix_end)
-        return self.module(ids, allowed, position_ids=positions, logits_to_keep=logits_to_keep).float()
+                    logits_to_keep: int = 0, extra: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        if not extra:
+            allowed, positions = self._mmu_inputs(ids, start, prefix_end)
+            return self.module(ids, allowed, position_ids=positions, logits_to_keep=logits_to_keep).float()
+        # CLIP-ViT: the feature flags cover the prompt; tokens appended since (answer()) are not features.
+        is_feature = extra["is_feature"]
+        is_feature = torch.nn.functional.pad(is_feature, (0, ids.shape[1] - is_feature.shape[1]), value=False)
+        allowed = mmu_vit_attention_mask(is_feature, start)
+        positions = (torch.arange(ids.shape[1], device=ids.device)[None] - start[:, None]).clamp(min=0)
+        embeds = self.module.embed(ids, extra.get("features"), is_feature)
+        return self.module(None, allowed, position_ids=positions, logits_to_keep=logits_to_keep,
+                           inputs_embeds=embeds).float()
 
     @torch.no_grad()
     def answer(self, images: Images, questions: list[str], max_new_tokens: int = 32) -> list[str]:
         """Greedy answers, batched, up to <|eot|> (recomputing the sequence each step: Show-o's mmu mask
         is not a plain causal one, so this stays with Show-o's own full-sequence forward)."""
-        ids, start, prefix_end, _ = self._mmu_batch(images, questions)
+        ids, start, prefix_end, _, extra = self._mmu_rows(images, questions)
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=self.device)
         generated = []
         for _ in range(max_new_tokens):
-            token = self._mmu_logits(ids, start, prefix_end, logits_to_keep=1)[:, -1].argmax(-1)
+            token = self._mmu_logits(ids, start, prefix_end, 1, extra)[:, -1].argmax(-1)
             token = torch.where(done, self.vocab.eot_id, token)
             generated.append(token)
             done |= token == self.vocab.eot_id
@@ -707,8 +856,8 @@ class ShowoModel(UnifiedModel):
 
     def answer_logprobs(self, images: Images, questions: list[str], answers: list[str]) -> torch.Tensor:
         """Sum of log p(answer tokens + <|eot|>) given image and question, teacher-forced; differentiable. [N]"""
-        ids, start, prefix_end, lengths = self._mmu_batch(images, questions, answers)
-        logits = self._mmu_logits(ids, start, prefix_end)
+        ids, start, prefix_end, lengths, extra = self._mmu_rows(images, questions, answers)
+        logits = self._mmu_logits(ids, start, prefix_end, extra=extra)
         logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         width = logprobs.shape[1]
         starts = width - torch.tensor(lengths, device=self.device)[:, None]
@@ -717,8 +866,8 @@ class ShowoModel(UnifiedModel):
 
     def yes_no(self, images: Images, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """p(yes), p(no) from the first answer token's distribution. [N], [N]"""
-        ids, start, prefix_end, _ = self._mmu_batch(images, questions)
-        probs = torch.softmax(self._mmu_logits(ids, start, prefix_end, logits_to_keep=1)[:, -1], dim=-1)
+        ids, start, prefix_end, _, extra = self._mmu_rows(images, questions)
+        probs = torch.softmax(self._mmu_logits(ids, start, prefix_end, 1, extra)[:, -1], dim=-1)
         return probs[:, self.yes_ids].sum(-1), probs[:, self.no_ids].sum(-1)
 
     # ----------------------------------------------------------------- saving
@@ -731,6 +880,14 @@ class ShowoModel(UnifiedModel):
         save_showo_lm(self.module, self.vocab, path, config=config)
         self.vq.save_pretrained(path / MAGVIT_SUBFOLDER)
         self.tokenizer.save_pretrained(path)
+        if self.clip is not None:
+            from transformers import CLIPImageProcessor
+
+            self.clip.save_pretrained(path / CLIP_SUBFOLDER)
+            size = self.clip.config.image_size
+            CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                               image_mean=list(self.clip_mean), image_std=list(self.clip_std)
+                               ).save_pretrained(path / CLIP_SUBFOLDER)
         card = {"backend": self.backend, "base": self.spec, "image_size": self.image_size, "steps": self.steps,
                 "max_text_len": self.max_text_len, "guidance": self.default_guidance,
                 "remask_temperature": self.remask_temperature}
@@ -752,10 +909,11 @@ def tiny_magvit_config(image_size: int = 32, z_channels: int = 6) -> Any:
 
 
 def build_tiny_showo(seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                     spec: str = "showo-tiny") -> ShowoModel:
+                     spec: str = "showo-tiny", clip: bool = False) -> ShowoModel:
     """A random-init tiny Show-o for tests: Phi hidden 64 x 2 layers, MAGVIT 32 px → 4x4 codes of 64, our
     byte BPE tokenizer (its BOS / EOS as <|sot|> / <|eot|>), 8 unmasking steps (≤ 16 tokens, so every step
-    commits at least one)."""
+    commits at least one). `clip`: the CLIP-ViT variant, with a tiny CLIP tower (hidden 32, 2 layers, 32 px
+    in 8 px patches → 16 features) and an mm_projector 32 → 64 → 64."""
     from unirl.models.magvitv2 import MagvitV2
     from unirl.models.tokenizer import build_byte_bpe_tokenizer
 
@@ -766,10 +924,42 @@ def build_tiny_showo(seed: int = 0, device: torch.device | str = "cpu", dtype: t
     phi.bos_token_id, phi.eos_token_id = vocab.sot_id, vocab.eot_id
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        lm = ShowoLM(phi, vocab)
+        lm = ShowoLM(phi, vocab, clip_hidden_size=tiny_clip_config().hidden_size if clip else None)
         vq = MagvitV2(mconfig)
+        tower = None
+        if clip:
+            from transformers import CLIPVisionModel
+
+            tower = CLIPVisionModel(tiny_clip_config())
     return ShowoModel(lm, vocab, vq, tokenizer, spec, torch.device(device), dtype, image_size=32, steps=8,
-                      max_text_len=32, guidance=5.0)
+                      max_text_len=32, guidance=5.0, clip=tower)
+
+
+def tiny_clip_config() -> Any:
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                            image_size=32, patch_size=8, projection_dim=32)
+
+
+def _read_clip(folder: Path, config_file: Path) -> tuple[Any, tuple[float, ...], tuple[float, ...]]:
+    """The CLIP vision tower of a w_clip_vit model from <folder>/clip-vit, and its mean/std."""
+    from transformers import CLIPVisionModel
+
+    clip_dir = folder / CLIP_SUBFOLDER
+    if not (clip_dir / "config.json").is_file():
+        raise UnirlError(f"{clip_dir / 'config.json'}: not found ({config_file} has w_clip_vit true: place the CLIP "
+                         f"vision tower folder, e.g. openai/clip-vit-large-patch14-336, in {CLIP_SUBFOLDER}/)")
+    try:
+        tower = CLIPVisionModel.from_pretrained(str(clip_dir), local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise UnirlError(f"{clip_dir}: the CLIP vision tower cannot be read ({reason})") from None
+    mean, std = CLIP_MEAN, CLIP_STD
+    if (clip_dir / "preprocessor_config.json").is_file():
+        pre = read_json_object(clip_dir / "preprocessor_config.json", "CLIP's image processor config")
+        mean, std = tuple(pre.get("image_mean", mean)), tuple(pre.get("image_std", std))
+    return tower, mean, std
 
 
 def _read_tokenizer(folder: Path, phi_dir: Path) -> Any:
@@ -795,6 +985,9 @@ def load_showo_folder(path: str | Path, spec: str, device: torch.device, dtype: 
       phi/ (or config.json's llm_model_path): the Phi-1.5 config folder, its config.json;
       the text tokenizer: tokenizer.json (or Phi's vocab.json + merges.txt) in the folder or in phi/;
       magvitv2/: the MAGVIT-v2 tokenizer folder (showlab/magvitv2: config.json + weights);
+      clip-vit/ (only with `w_clip_vit: true`, e.g. showlab/show-o-w-clip-vit): the CLIP vision tower folder
+          (openai/clip-vit-large-patch14-336: config.json + weights, optional preprocessor_config.json for
+          its mean/std); the checkpoint then also holds `mm_projector.*`;
       unirl_model.json (optional): image_size, steps, max_text_len, guidance, remask_temperature. Without
           it: image size from num_vq_tokens, 18 steps, 128 text tokens, guidance 5 (512 px) or 1.75.
     """
@@ -808,8 +1001,12 @@ def load_showo_folder(path: str | Path, spec: str, device: torch.device, dtype: 
     if not isinstance(llm_path, str) or not llm_path:
         raise UnirlError(f"{folder / 'config.json'}: field 'llm_model_path' missing (expected the Phi config folder)")
     tokenizer = _read_tokenizer(folder, _phi_config_dir(folder, llm_path, folder / "config.json"))
+    tower, clip_mean, clip_std = None, CLIP_MEAN, CLIP_STD
+    if config.get("w_clip_vit") is True:
+        tower, clip_mean, clip_std = _read_clip(folder, folder / "config.json")
     lm, vocab, config = load_showo_lm(folder, device=device, dtype=dtype, sot_id=tokenizer.bos_token_id,
-                                      eot_id=tokenizer.eos_token_id)
+                                      eot_id=tokenizer.eos_token_id,
+                                      clip_hidden_size=tower.config.hidden_size if tower is not None else None)
     if not (folder / MAGVIT_SUBFOLDER / "config.json").is_file():
         raise UnirlError(f"{folder / MAGVIT_SUBFOLDER / 'config.json'}: not found (expected the MAGVIT-v2 folder "
                          f"in {MAGVIT_SUBFOLDER}/)")
@@ -820,4 +1017,4 @@ def load_showo_folder(path: str | Path, spec: str, device: torch.device, dtype: 
     return ShowoModel(lm, vocab, vq, tokenizer, spec, device, dtype, image_size=image_size,
                       steps=int(card.get("steps", 18)), max_text_len=int(card.get("max_text_len", 128)),
                       guidance=card.get("guidance"), remask_temperature=float(card.get("remask_temperature", 1.0)),
-                      showo_config=config)
+                      showo_config=config, clip=tower, clip_mean=clip_mean, clip_std=clip_std)
