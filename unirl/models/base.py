@@ -67,6 +67,20 @@ class UnifiedModel(abc.ABC):
         return 5.0
 
 
+def yes_no_token_ids(tokenizer: Any, spec: str) -> tuple[list[int], list[int]]:
+    """First-token ids of " yes"/" Yes" and " no"/" No" (answers start with a space after the
+    assistant tag): `yes_no` reads p(yes), p(no) from them."""
+    from unirl.errors import UnirlError
+
+    def first_ids(words: tuple[str, ...]) -> list[int]:
+        return sorted({tokenizer.encode(" " + w, add_special_tokens=False)[0] for w in words})
+
+    yes, no = first_ids(("yes", "Yes")), first_ids(("no", "No"))
+    if set(yes) & set(no):
+        raise UnirlError(f"{spec}: tokenizer does not give 'yes' and 'no' distinct first tokens")
+    return yes, no
+
+
 def resolve_device_dtype(device: str | torch.device | None, dtype: str | torch.dtype | None
                          ) -> tuple[torch.device, torch.dtype]:
     """Defaults: cuda when available; bfloat16 on GPU, float32 on CPU."""

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from transformers import JanusConfig, JanusForConditionalGeneration, JanusImageProcessor, JanusProcessor
 
 from unirl.errors import UnirlError
-from unirl.models.base import ImageRollout, Images, UnifiedModel
+from unirl.models.base import ImageRollout, Images, UnifiedModel, yes_no_token_ids
 from unirl.models.tokenizer import ASSISTANT, USER, build_byte_bpe_tokenizer
 
 MODEL_CARD = "unirl_model.json"  # marks a folder this toolkit saved; names the backend
@@ -86,9 +86,7 @@ class JanusModel(UnifiedModel):
         self.image_mean = torch.tensor(ip.image_mean, device=device).view(1, 3, 1, 1)
         self.image_std = torch.tensor(ip.image_std, device=device).view(1, 3, 1, 1)
         self.background = torch.tensor(ip.background_color, device=device).view(1, 3, 1, 1) / 255.0
-        self.yes_ids, self.no_ids = self._answer_word_ids(("yes", "Yes")), self._answer_word_ids(("no", "No"))
-        if set(self.yes_ids) & set(self.no_ids):
-            raise UnirlError(f"{spec}: tokenizer does not give 'yes' and 'no' distinct first tokens")
+        self.yes_ids, self.no_ids = yes_no_token_ids(self.tokenizer, spec)
 
     # ----------------------------------------------------------------- properties
     @property
@@ -105,12 +103,6 @@ class JanusModel(UnifiedModel):
     def num_image_tokens(self) -> int:
         return self.module.config.vision_config.num_image_tokens
 
-    def _answer_word_ids(self, words: tuple[str, ...]) -> list[int]:
-        """First token ids of " word" (after "<|Assistant|>:", answers start with a space)."""
-        ids = {self.tokenizer.encode(" " + w, add_special_tokens=False)[0] for w in words}
-        return sorted(ids)
-
-    # ----------------------------------------------------------------- prompt building
     def generation_text(self, prompt: str) -> str:
         return f"{USER}: {prompt}\n\n{ASSISTANT}:{self.tokenizer.boi_token}"
 

@@ -21,7 +21,7 @@ from transformers import PhiConfig, PhiForCausalLM
 
 from unirl.config import read_json_object
 from unirl.errors import UnirlError
-from unirl.models.base import ImageRollout, Images, UnifiedModel
+from unirl.models.base import ImageRollout, Images, UnifiedModel, yes_no_token_ids
 
 CLASS_NAME = "Showo"  # what Show-o's save_config writes as `_class_name`
 WEIGHTS_NAME = "pytorch_model.safetensors"  # the name Show-o's own save_pretrained uses
@@ -527,9 +527,7 @@ class ShowoModel(UnifiedModel):
             raise UnirlError(f"{spec}: steps expected >= 1, got {steps}")
         # Show-o's README: guidance 5 for the 512 px models, 1.75 for the 256 px ones.
         self._guidance = float(guidance) if guidance is not None else (5.0 if self.image_size >= 512 else 1.75)
-        self.yes_ids, self.no_ids = self._answer_word_ids(("yes", "Yes")), self._answer_word_ids(("no", "No"))
-        if set(self.yes_ids) & set(self.no_ids):
-            raise UnirlError(f"{spec}: tokenizer does not give 'yes' and 'no' distinct first tokens")
+        self.yes_ids, self.no_ids = yes_no_token_ids(self.tokenizer, spec)
 
     # ----------------------------------------------------------------- properties
     @property
@@ -539,10 +537,6 @@ class ShowoModel(UnifiedModel):
     @property
     def num_image_tokens(self) -> int:
         return (self.image_size // self.vq.downsample_factor) ** 2
-
-    def _answer_word_ids(self, words: tuple[str, ...]) -> list[int]:
-        """First token ids of " word" (after "ASSISTANT:", answers start with a space)."""
-        return sorted({self.tokenizer.encode(" " + w, add_special_tokens=False)[0] for w in words})
 
     def _text_ids(self, texts: list[str]) -> list[list[int]]:
         return [list(r) for r in self.tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []

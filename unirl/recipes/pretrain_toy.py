@@ -115,7 +115,7 @@ def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
 
 
 # ----------------------------------------------------------------------------- cell labels
-SIZE_BINS = 2  # radius halves of RADIUS: codes keep the size roughly, so decoded shapes stay sharp
+SIZE_BINS = 2  # radius halves of RADIUS: a code fixes the object's size to within half the range
 TOY_CODES = 1 + len(SHAPES) * len(COLORS) * SIZE_BINS  # the empty cell, then (shape, colour, size)
 
 
@@ -145,7 +145,8 @@ def train_vq(model: JanusModel, config: PretrainToyConfig, log: MetricsLogger) -
     """The VQ-VAE with codes assigned, not discovered: the renderer knows what each 16-px cell
     holds, so the encoder learns to pick that cell's code (cross-entropy on code similarity) and
     the decoder learns to draw from the true codes. Unsupervised VQ (k-means codes, dead-code
-    re-seeding) learned only colour blobs here in 11 minutes; this learns sharp shapes in a few."""
+    re-seeding) learned only colour blobs in 11 minutes. Measured: this one's encoder picks 0.96 of
+    held-out object codes in 2,000 steps, but its decoder still draws shapes as blobs (README)."""
     vq = model.module.model.vqmodel
     for module in vq.modules():  # PyTorch's fan-in init: transformers' N(0, 0.02) starves these deep convs
         if isinstance(module, torch.nn.Conv2d):
