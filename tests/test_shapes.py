@@ -69,9 +69,20 @@ def test_questions_answer_from_the_scene():
                 shape = next(s for s in SHAPES if f" {s}" in question)
                 assert answer == NUMBER_WORDS[sum(o.shape == shape for o in scene.objects)]
             if kind == "what":
-                assert answer == scene.objects[0].shape
+                named = [o for o in scene.objects if len(scene.objects) == 1 or f"the {o.color} object" in question]
+                assert len(named) == 1 and answer == named[0].shape
             if kind == "yes_no":
                 assert answer in ("yes", "no")
+
+
+def test_every_split_asks_what_every_shape_is():
+    """Held-out single-object prompts name shapes the train ones never do: "what" questions must
+    also come from multi-object scenes, or the held-out shapes are never an answer in training."""
+    for split in ("train", "heldout"):
+        rng = np.random.default_rng(0)
+        answers = {a for scene in sample_scenes(split_specs(split), 300, seed=2)
+                   for kind, _, a in scene_questions(scene, rng) if kind == "what"}
+        assert answers == set(SHAPES), split
 
 
 def test_connected_components():

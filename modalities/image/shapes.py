@@ -235,6 +235,14 @@ def scene_questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str, s
     out = []
     if len(objects) == 1:
         out.append(("what", "What shape is this?", objects[0].shape))
+    else:  # name a shape by its colour, so every shape is asked about in every split's scenes
+        by_color: dict[str, list[SceneObject]] = {}
+        for o in objects:
+            by_color.setdefault(o.color, []).append(o)
+        unique = [group[0] for group in by_color.values() if len(group) == 1]
+        if unique:
+            o = unique[rng.integers(len(unique))]
+            out.append(("what", f"What shape is the {o.color} object?", o.shape))
     shape = str(rng.choice(list(counts)))
     out.append(("count", f"How many {plural(shape)} are there?", NUMBER_WORDS[counts[shape]]))
     if single:
