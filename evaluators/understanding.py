@@ -4,7 +4,6 @@ answered greedily, scored by normalised exact match, per question type."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +14,7 @@ from modalities.image.shapes import QUESTION_TYPES, render, sample_scenes, scene
 from unirl.atomic import atomic_dir
 from unirl.models import UnifiedModel
 from unirl.progress import progress
-
-
-def normalize_answer(text: str) -> str:
-    """Lower case, no punctuation, no articles, single spaces: "The Red." → "red"."""
-    words = re.sub(r"[^a-z0-9 ]", " ", text.lower()).split()
-    return " ".join(w for w in words if w not in ("a", "an", "the"))
+from unirl.specs import normalize_answer
 
 
 def understanding_items(split: str, scenes: int, seed: int) -> tuple[torch.Tensor, list[int], list[tuple]]:

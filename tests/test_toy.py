@@ -7,11 +7,12 @@ import time
 import pytest
 import torch
 
-from evaluators.understanding import evaluate_understanding, normalize_answer
+from evaluators.understanding import evaluate_understanding
 from modalities.image.shapes import IMAGE_SIZE
 from unirl.engine.checkpoint import save_checkpoint
 from unirl.models import TOY_MODEL_DIR, load_model
 from unirl.recipes.pretrain_toy import PretrainToyConfig, pretrain_toy
+from unirl.specs import normalize_answer
 
 SMALL = PretrainToyConfig(hidden=32, layers=1, heads=2, vision_hidden=32, vision_layers=1, vq_steps=2,
                           vq_batch=2, vision_steps=2, vision_batch=2, lm_steps=2, guidance_prompts=2,

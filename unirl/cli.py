@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+from pathlib import Path
 
 from unirl.errors import UnirlError
 
@@ -34,8 +36,16 @@ def cmd_train(args: argparse.Namespace) -> None:
         data["max_steps"] = args.max_steps
     recipe = get_recipe(str(data.get("recipe", "")), source=args.config)
     config = from_dict(recipe.Config, data, source=args.config)
-    resume_from = prepare_run_dir(args.out, config, resume=args.resume)
-    recipe.train(config, args.out, resume_from)
+    out = Path(args.out)
+    fresh = not out.exists()
+    resume_from = prepare_run_dir(out, config, resume=args.resume)
+    try:
+        recipe.train(config, out, resume_from)
+    except BaseException:
+        # A run that failed before its first step (a missing model, a bad prompt file) leaves nothing behind.
+        if fresh and not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def cmd_prompts(args: argparse.Namespace) -> None:
@@ -198,7 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    # key=value overrides may also follow the options (`train CONFIG --out RUN lr=1e-4`).
+    if rest and hasattr(args, "overrides") and all("=" in r and not r.startswith("-") for r in rest):
+        args.overrides = [*args.overrides, *rest]
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         args.func(args)
     except UnirlError as e:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -184,3 +185,30 @@ def yes_no_questions(spec: Spec) -> list[str]:
             relation, target = clause["position"]
             questions.append(relation_question(name, relation, include[target]["class"]))
     return questions
+
+
+def open_question(spec: Spec, thing: str = "object") -> tuple[str, str] | None:
+    """UniRL's self-QA: one open question per tag and the answer the spec implies: the main
+    object ("What object is this?"; the shapes world says "shape"), how many, which colour,
+    which position. None when a tag has no such question."""
+    include = spec.get("include", [])
+    if not include:
+        return None
+    first, tag = include[0], spec.get("tag")
+    if tag == "single_object":
+        return f"What {thing} is this?", first["class"]
+    if tag in ("counting", "two_object"):
+        return f"How many {plural(first['class'])} are there?", NUMBER_WORDS[first["count"]]
+    if tag in ("colors", "color_attr") and "color" in first:
+        return f"What color is the {first['class']}?", first["color"]
+    if tag == "position":
+        clause = next(c for c in include if "position" in c)
+        relation, target = clause["position"]
+        return f"Where is the {clause['class']} relative to the {include[target]['class']}?", relation
+    return None
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, no punctuation, no articles, single spaces: "The Red." → "red"."""
+    words = re.sub(r"[^a-z0-9 ]", " ", text.lower()).split()
+    return " ".join(w for w in words if w not in ("a", "an", "the"))

@@ -18,12 +18,17 @@ def prepare_run_dir(run_dir: str | Path, config: Any, resume: bool, extra: dict[
     """Create or reopen a run directory, write its resolved config.yaml, and return the
     checkpoint to resume from (None: start from step 0).
 
-    A run directory that already holds a run is never overwritten silently: resume it or
-    choose another --out."""
+    A run directory that already holds a run is never overwritten: running the same config into
+    it again continues it; another config needs --resume (or another --out)."""
     run_dir = Path(run_dir)
+    text = yaml.safe_dump(to_dict(config) | (extra or {}), sort_keys=False)
     started = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
     if started and not resume:
-        raise UnirlError(f"{run_dir}: already holds a run (pass --resume to continue it, or choose another --out)")
+        saved = run_dir / "config.yaml"
+        if not (saved.is_file() and saved.read_text() == text):  # the same command again continues the run
+            raise UnirlError(f"{run_dir}: already holds a run with another config "
+                             "(pass --resume to continue it with this one, or choose another --out)")
+        resume = True
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(config) | (extra or {}), sort_keys=False))
+    atomic_write_text(run_dir / "config.yaml", text)
     return latest_checkpoint(run_dir) if resume else None

@@ -56,6 +56,14 @@ class UnifiedModel(abc.ABC):
     def save_pretrained(self, path: str | Path) -> None:
         """Write a folder that `load_model(path)` reads back (safetensors weights + configs)."""
 
+    # Parameter-name prefixes of `module` that post-training leaves alone (image tokenizer, vision tower).
+    frozen_prefixes: tuple[str, ...] = ()
+
+    def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """(name, parameter) pairs that recipes train by default, in a fixed order (optimizer
+        state is restored by position)."""
+        return [(n, p) for n, p in self.module.named_parameters() if not n.startswith(self.frozen_prefixes)]
+
     @property
     def num_image_tokens(self) -> int:
         raise NotImplementedError

@@ -71,6 +71,7 @@ def build_tiny_janus(seed: int = 0, **config_kwargs) -> tuple[JanusForConditiona
 
 class JanusModel(UnifiedModel):
     backend = "janus"
+    frozen_prefixes = ("model.vqmodel.", "model.vision_model.")
 
     def __init__(self, hf_model: JanusForConditionalGeneration, processor: JanusProcessor, spec: str,
                  device: torch.device, dtype: torch.dtype):

@@ -1,0 +1,172 @@
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from unirl.algorithms.grpo import group_advantages, grpo_loss, k3_kl
+from unirl.config import from_dict
+from unirl.engine.run import prepare_run_dir
+from unirl.models import load_model
+from unirl.recipes import get_recipe
+from unirl.recipes.unirl import Config, distinct_fraction, train
+from unirl.rewards.self_judges import SelfQAReward, SelfVQAReward, WeightedSum
+from unirl.specs import open_question
+
+
+def test_group_advantages_by_hand():
+    rewards = torch.tensor([1.0, 0.0, 0.5, 0.5, 2.0, 4.0])
+    adv = group_advantages(rewards, 2, scale_std=False)
+    assert torch.allclose(adv, torch.tensor([0.5, -0.5, 0.0, 0.0, -1.0, 1.0]))
+    scaled = group_advantages(rewards, 2, eps=0.0 + 1e-12)
+    assert torch.allclose(scaled, torch.tensor([1.0, -1.0, 0.0, 0.0, -1.0, 1.0]))  # std of (a, b) = |a-b|/2
+    with pytest.raises(ValueError, match="groups"):
+        group_advantages(rewards, 4)
+
+
+def test_grpo_loss_by_hand():
+    logprobs = torch.tensor([[-1.0, -2.0], [-0.5, -1.5]], requires_grad=True)
+    old = torch.tensor([[-1.2, -1.0], [-0.5, -1.0]])
+    ref = torch.tensor([[-1.0, -1.0], [-1.0, -1.0]])
+    adv = torch.tensor([1.0, -2.0])
+    loss, stats = grpo_loss(logprobs, old, adv, ref_logprobs=ref, beta=0.1, eps_low=0.2, eps_high=0.28)
+    expected = 0.0
+    clipped_tokens = 0
+    for i in range(2):
+        for t in range(2):
+            ratio = math.exp(logprobs[i, t].item() - old[i, t].item())
+            a = adv[i].item()
+            surrogate = min(ratio * a, min(max(ratio, 0.8), 1.28) * a)
+            r = ref[i, t].item() - logprobs[i, t].item()
+            expected += -surrogate + 0.1 * (math.exp(r) - r - 1)
+            clipped_tokens += (ratio < 0.8 and a < 0) or (ratio > 1.28 and a > 0)
+    assert loss.item() == pytest.approx(expected / 4, rel=1e-6)
+    assert stats["clip_ratio/region_mean"] == pytest.approx(clipped_tokens / 4)
+    loss.backward()
+    assert torch.isfinite(logprobs.grad).all()
+
+
+def test_equal_rewards_teach_nothing():
+    rewards = torch.full((8,), 0.7)
+    adv = group_advantages(rewards, 4)
+    assert torch.equal(adv, torch.zeros(8))
+    logprobs = torch.randn(8, 5, requires_grad=True)
+    loss, _ = grpo_loss(logprobs, logprobs.detach(), adv)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(logprobs.grad, torch.zeros(8, 5))
+
+
+def test_k3_is_zero_at_the_reference_and_positive_elsewhere():
+    lp = torch.tensor([-1.0, -2.0])
+    assert torch.equal(k3_kl(lp, lp), torch.zeros(2))
+    assert (k3_kl(lp, lp + torch.tensor([0.3, -0.3])) > 0).all()
+
+
+def test_distinct_fraction():
+    tokens = torch.tensor([[1, 2], [1, 2], [3, 4], [5, 6]])
+    assert distinct_fraction(tokens, 2) == pytest.approx((0.5 + 1.0) / 2)
+
+
+SPECS = [
+    {"tag": "colors", "include": [{"class": "circle", "count": 1, "color": "red"}],
+     "prompt": "a photo of a red circle"},
+    {"tag": "counting", "include": [{"class": "star", "count": 2}], "exclude": [{"class": "star", "count": 3}],
+     "prompt": "a photo of two stars"},
+]
+
+
+def test_open_question_per_tag():
+    assert open_question(SPECS[0], "shape") == ("What color is the circle?", "red")
+    assert open_question(SPECS[1]) == ("How many stars are there?", "two")
+
+
+def test_self_judges_batched(tiny_janus):
+    images = torch.rand(2, 3, 32, 32)
+    vqa, info = SelfVQAReward(tiny_janus)(images, SPECS)
+    # By hand: the mean margin of each image's own questions, asked one at a time.
+    for i, spec_questions in enumerate(info["questions"]):
+        p_yes, p_no = tiny_janus.yes_no(images[[i] * len(spec_questions)], [q["question"] for q in spec_questions])
+        assert vqa[i].item() == pytest.approx((p_yes - p_no).mean().item(), abs=1e-5)
+    verdict, _ = SelfVQAReward(tiny_janus, mode="verdict")(images, SPECS)
+    assert set(verdict.tolist()) <= {0.0, 0.5, 1.0}
+    qa, qa_info = SelfQAReward(tiny_janus)(images, SPECS)
+    assert qa_info["question"] == ["What color is the circle?", "How many stars are there?"]
+    assert set(qa.tolist()) <= {0.0, 1.0}
+    judge = WeightedSum({"self_vqa": (SelfVQAReward(tiny_janus), 2.0), "self_qa": (SelfQAReward(tiny_janus), 1.0)})
+    total, combined = judge(images, SPECS)
+    assert torch.allclose(total, 2 * vqa + qa, atol=1e-5) and set(combined["per_judge"]) == {"self_vqa", "self_qa"}
+
+
+def write_prompts(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in SPECS))
+    return str(path)
+
+
+def tiny_config(tmp_path, model: str, **overrides) -> Config:
+    data = dict(recipe="unirl", model=model, prompts=write_prompts(tmp_path), prompts_per_step=2, group_size=2,
+                max_steps=3, save_every=2, sample_every=2, learning_rate=1e-3, beta=0.05, num_iterations=2,
+                und_sft_weight=0.5, gen_sft_weight=0.5, accept_threshold=-1.0, device="cpu", dtype="float32")
+    return from_dict(Config, data | overrides)
+
+
+@pytest.mark.parametrize("backend", ["janus-tiny", "showo-tiny"])
+def test_three_steps_on_each_backend(tmp_path, backend):
+    config = tiny_config(tmp_path, backend)
+    run = tmp_path / "run"
+    prepare_run_dir(run, config, resume=False)
+    final = train(config, run)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for key in ("reward", "reward_std", "frac_reward_zero_std", "kl", "clip_ratio/region_mean", "entropy",
+                "distinct_fraction", "loss/grpo", "loss/und_sft", "loss/gen_sft", "learning_rate",
+                "rewards/self_vqa/mean", "time/rollout", "time/judge", "time/learn", "images_per_second"):
+        assert key in rows[-1], key
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    samples = (run / "samples" / "step-2" / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 4 and (run / "samples" / "step-2" / "000.png").is_file()
+    reloaded = load_model(str(final), device="cpu", dtype="float32")
+    assert reloaded.generate_images(["a photo of a red circle"], 1, seed=0).images.shape[0] == 1
+    # Training changed the weights.
+    start = load_model(backend, device="cpu", dtype="float32", seed=0)
+    before = dict(start.trainable_parameters())
+    assert any(not torch.equal(before[n], p) for n, p in reloaded.trainable_parameters())
+
+
+def test_resume_ends_with_the_same_weights(tmp_path):
+    whole = tmp_path / "whole"
+    config = tiny_config(tmp_path, "janus-tiny", max_steps=4, save_every=2, sample_every=0)
+    prepare_run_dir(whole, config, resume=False)
+    train(config, whole)
+
+    parted = tmp_path / "parted"
+    first = tiny_config(tmp_path, "janus-tiny", max_steps=2, save_every=2, sample_every=0)
+    prepare_run_dir(parted, first, resume=False)
+    train(first, parted)  # "interrupted" after step 2
+    resume_from = prepare_run_dir(parted, config, resume=True)
+    assert resume_from.name == "step-2"
+    train(config, parted, resume_from)
+
+    a = load_file(whole / "checkpoints" / "final" / "model.safetensors")
+    b = load_file(parted / "checkpoints" / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(line)["step"] for line in (parted / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_recipe_is_found_and_bad_config_is_named(tmp_path):
+    assert get_recipe("unirl").Config is Config
+    config = tiny_config(tmp_path, "janus-tiny", reward_self_vqa=0.0)
+    with pytest.raises(Exception, match="reward_"):
+        train(config, tmp_path / "run")
+
+
+def test_rerunning_the_same_config_continues_and_another_config_is_refused(tmp_path):
+    run = tmp_path / "run"
+    config = tiny_config(tmp_path, "janus-tiny", max_steps=2, sample_every=0)
+    assert prepare_run_dir(run, config, resume=False) is None
+    train(config, run)
+    assert prepare_run_dir(run, config, resume=False).name == "step-2"
+    with pytest.raises(Exception, match="another config"):
+        prepare_run_dir(run, tiny_config(tmp_path, "janus-tiny", max_steps=5), resume=False)

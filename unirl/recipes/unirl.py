@@ -1,0 +1,281 @@
+"""UniRL: a unified model improves its image generation with its own understanding as the judge.
+
+One step, top to bottom (see `train`):
+
+1. a batch of prompt specs, drawn from the suite by a generator seeded with (seed, step);
+2. rollout: `generate_images`, `group_size` images per prompt (no grad);
+3. judges score each image: the model's own yes/no answers about the spec (self-VQA), its open
+   answers (self-QA), or GenEval's judge with a detector (for comparison runs), by weight;
+4. learn: GRPO on the image tokens (group-normalised advantages, clipped ratio, optional k3 KL
+   to the frozen initial weights), `num_iterations` passes over the rollout; plus SFT on
+   understanding ("generated images teach understanding": the spec's answers given the model's
+   own accepted images) and optionally SFT on accepted generations, mixed by weight.
+
+Everything a step draws is seeded by (seed, step), so a resumed run sees the same prompts and
+samples as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unirl.algorithms.grpo import group_advantages, grpo_loss
+from unirl.config import RunConfig
+from unirl.engine.checkpoint import load_training_state, save_checkpoint
+from unirl.engine.metrics import MetricsLogger
+from unirl.errors import UnirlError
+from unirl.models import UnifiedModel, load_model
+from unirl.progress import progress
+from unirl.rewards.self_judges import SelfQAReward, SelfVQAReward, WeightedSum
+from unirl.specs import Spec, open_question, yes_no_questions
+
+
+@dataclass
+class Config(RunConfig):
+    """UniRL's GRPO + SFT. Field names follow TRL's GRPOConfig where one exists."""
+
+    recipe: str = "unirl"
+    prompts: str = "shapes:train"
+    """Prompt suite to train on: a suite name (shapes:train, geneval) or a .jsonl / .txt file."""
+    prompts_per_step: int = 4
+    group_size: int = 8
+    """Images per prompt: the group whose rewards are normalised together (TRL: num_generations)."""
+    guidance: float | None = None
+    """Classifier-free guidance of rollouts and of the log-probs trained on; None: the model's default."""
+    temperature: float = 1.0
+    learning_rate: float = 1e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    num_iterations: int = 1
+    """μ: optimiser passes over each rollout batch (the ratio departs from 1 after the first)."""
+    epsilon_low: float = 0.2
+    epsilon_high: float = 0.2
+    beta: float = 0.0
+    """KL coefficient (k3 estimator) to the frozen initial weights; 0 keeps no reference copy."""
+    scale_rewards: bool = True
+    """Divide advantages by the group's reward std (DeepSeekMath); False: mean-centred only (Dr. GRPO)."""
+    reward_self_vqa: float = 1.0
+    reward_self_qa: float = 0.0
+    reward_geneval: float = 0.0
+    """Weights of the judges. The default rewards only with the model's own understanding."""
+    self_vqa_mode: str = "margin"
+    """margin: mean of p_yes − p_no over the spec's questions; verdict: mean of (p_yes > p_no)."""
+    self_qa_thing: str = "object"
+    """The noun of self-QA's main-object question ("What object is this?"); the shapes world says shape."""
+    geneval_detector: str = "shapes"
+    geneval_partial: bool = False
+    grpo_weight: float = 1.0
+    und_sft_weight: float = 0.0
+    """Weight of the understanding NLL on accepted images (UniRL's generated images teach understanding)."""
+    gen_sft_weight: float = 0.0
+    """Weight of the image-token NLL of accepted images (rejection-sampling fine-tuning)."""
+    accept_threshold: float = 0.5
+    """An image is accepted for SFT when its combined reward is at least this."""
+    max_bad_steps: int = 3
+    """Stop after this many steps in a row with a non-finite reward or loss (each is skipped)."""
+    sample_every: int = 10
+    """Write samples/step-<n>/ (PNG + prompts, rewards, answers) every this many steps; 0: never."""
+
+
+def build_judge(config: Config, model: UnifiedModel) -> WeightedSum:
+    judges: dict[str, tuple[Any, float]] = {}
+    if config.reward_self_vqa:
+        judges["self_vqa"] = (SelfVQAReward(model, mode=config.self_vqa_mode), config.reward_self_vqa)
+    if config.reward_self_qa:
+        judges["self_qa"] = (SelfQAReward(model, thing=config.self_qa_thing), config.reward_self_qa)
+    if config.reward_geneval:
+        from evaluators.geneval.detectors import load_detector
+        from evaluators.geneval.reward import GenEvalReward
+
+        detector = load_detector(config.geneval_detector, device=model.device)
+        judge = GenEvalReward(detector, partial=config.geneval_partial)
+        judges["geneval"] = (judge, config.reward_geneval)
+    if not judges:
+        raise UnirlError("config: every reward_* weight is 0; give at least one judge a weight")
+    return WeightedSum(judges)
+
+
+def learning_rate(config: Config, step: int) -> float:
+    """Linear warmup, then constant (UniRL and OSPO train for a few hundred steps at a fixed LR)."""
+    return config.learning_rate * min(1.0, (step + 1) / max(1, config.warmup_steps))
+
+
+def draw_prompts(specs: list[Spec], config: Config, step: int) -> list[Spec]:
+    rng = np.random.default_rng([config.seed, step])
+    n = config.prompts_per_step
+    return [specs[i] for i in rng.choice(len(specs), size=n, replace=len(specs) < n)]
+
+
+def understanding_targets(specs: list[Spec], accepted: torch.Tensor, thing: str
+                          ) -> tuple[list[int], list[str], list[str]]:
+    """For each accepted image: its spec's open question and answer, and each yes/no question
+    with answer "yes" (an accepted image is taken to show the spec)."""
+    owner, questions, answers = [], [], []
+    for i in accepted.nonzero().flatten().tolist():
+        qa = [(q, "yes") for q in yes_no_questions(specs[i])]
+        if (open_qa := open_question(specs[i], thing)) is not None:
+            qa.append(open_qa)
+        for q, a in qa:
+            owner.append(i)
+            questions.append(q)
+            answers.append(a)
+    return owner, questions, answers
+
+
+def distinct_fraction(tokens: torch.Tensor, group_size: int) -> float:
+    """Share of distinct token sequences per group, averaged (B-STaR's exploration signal: it
+    falls towards 1/group_size as the policy collapses)."""
+    groups = tokens.view(-1, group_size, tokens.shape[-1])
+    return float(np.mean([len(torch.unique(g, dim=0)) / group_size for g in groups]))
+
+
+def write_samples(run_dir: Path, step: int, images: torch.Tensor, specs: list[Spec], rewards: torch.Tensor,
+                  info: dict[str, Any]) -> None:
+    from modalities.image.io import save_images
+    from unirl.atomic import atomic_dir
+
+    with atomic_dir(run_dir / "samples" / f"step-{step}", overwrite=True) as tmp:
+        names = [f"{i:03d}.png" for i in range(len(specs))]
+        save_images(images, [tmp / n for n in names])
+        with open(tmp / "samples.jsonl", "w") as f:
+            for i, (name, spec) in enumerate(zip(names, specs)):
+                row = {"image": name, "prompt": spec["prompt"], "reward": round(float(rewards[i]), 4),
+                       "rewards": {k: round(float(v[i]), 4) for k, v in info["per_judge"].items()}}
+                if "self_vqa" in info:
+                    row["self_vqa"] = info["self_vqa"]["questions"][i]
+                if "self_qa" in info:
+                    qa = info["self_qa"]
+                    row["self_qa"] = {"question": qa["question"][i], "answer": qa["answer"][i]}
+                f.write(json.dumps(row) + "\n")
+
+
+def train(config: Config, run_dir: str | Path, resume_from: Path | None = None) -> Path:
+    from evaluators.suites import load_suite
+
+    run_dir = Path(run_dir)
+    torch.manual_seed(config.seed)
+    suite = load_suite(config.prompts)
+    if not suite.specs:
+        raise UnirlError(f"prompts {config.prompts}: no prompts")
+    model = load_model(str(resume_from) if resume_from else config.model, device=config.device, dtype=config.dtype)
+    guidance = model.default_guidance if config.guidance is None else config.guidance
+    reference = None
+    if config.beta > 0:  # frozen initial weights; on resume the initial model is reloaded from config.model
+        reference = load_model(config.model, device=config.device, dtype=config.dtype) if resume_from else \
+            copy.deepcopy(model)
+        reference.module.requires_grad_(False)
+    names_params = model.trainable_parameters()
+    params = [p for _, p in names_params]
+    for name, p in model.module.named_parameters():
+        p.requires_grad_(name in dict(names_params))
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    start = 0
+    if resume_from is not None:
+        start = load_training_state(resume_from, optimizer)["step"]
+    judge = build_judge(config, model)
+    log = MetricsLogger(run_dir, resume_step=start if resume_from else None, tensorboard=False)
+    recipe = {"model": config.model, "prompts": suite.name, "prompts_sha256": suite.sha256, "seed": config.seed,
+              "guidance": guidance, "temperature": config.temperature, "group_size": config.group_size,
+              "judges": {k: w for k, (_, w) in judge.judges.items()}}
+    if start == 0:
+        (run_dir / "recipe.json").write_text(json.dumps(recipe, indent=1) + "\n")
+    bad_steps = 0
+
+    bar = progress(range(start, config.max_steps), desc="unirl", initial=start, total=config.max_steps)
+    for step in bar:
+        t0 = time.time()
+        specs = draw_prompts(suite.specs, config, step)
+        per_image = [s for s in specs for _ in range(config.group_size)]
+        # 1. Rollout: G images per prompt, with the log-probs they were drawn with.
+        rollout = model.generate_images([s["prompt"] for s in specs], num_per_prompt=config.group_size,
+                                        guidance=guidance, temperature=config.temperature,
+                                        seed=config.seed * 1_000_003 + step)
+        t1 = time.time()
+        # 2. Judge.
+        rewards, info = judge(rollout.images, per_image)
+        rewards = rewards.float().to(model.device)
+        advantages = group_advantages(rewards, config.group_size, scale_std=config.scale_rewards)
+        accepted = rewards >= config.accept_threshold
+        t2 = time.time()
+        # 3. Learn.
+        metrics: dict[str, float] = {}
+        ref_logprobs = None
+        if reference is not None:
+            with torch.no_grad():
+                ref_logprobs = reference.image_token_logprobs(rollout.prompts, rollout.tokens, guidance=guidance,
+                                                              temperature=config.temperature, rollout=rollout)
+        finite = bool(torch.isfinite(rewards).all())
+        for _ in range(config.num_iterations if finite else 0):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, step)
+            logprobs = model.image_token_logprobs(rollout.prompts, rollout.tokens, guidance=guidance,
+                                                  temperature=config.temperature, rollout=rollout)
+            loss_grpo, stats = grpo_loss(logprobs, rollout.logprobs.to(logprobs.device), advantages,
+                                         ref_logprobs=ref_logprobs, beta=config.beta,
+                                         eps_low=config.epsilon_low, eps_high=config.epsilon_high)
+            loss = config.grpo_weight * loss_grpo
+            metrics.update(stats)
+            metrics["loss/grpo"] = loss_grpo.item()
+            if config.gen_sft_weight and accepted.any():
+                loss_gen = -logprobs[accepted].mean()
+                loss = loss + config.gen_sft_weight * loss_gen
+                metrics["loss/gen_sft"] = loss_gen.item()
+            if config.und_sft_weight and accepted.any():
+                owner, questions, answers = understanding_targets(per_image, accepted, config.self_qa_thing)
+                loss_und = -model.answer_logprobs(rollout.images[owner], questions, answers).mean()
+                loss = loss + config.und_sft_weight * loss_und
+                metrics["loss/und_sft"] = loss_und.item()
+            if not torch.isfinite(loss):
+                finite = False
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+            optimizer.step()
+            metrics["loss"] = loss.item()
+        optimizer.zero_grad(set_to_none=True)
+        bad_steps = 0 if finite else bad_steps + 1
+        if bad_steps >= config.max_bad_steps:
+            raise UnirlError(f"step {step}: reward or loss not finite for {bad_steps} steps in a row "
+                             f"(max_bad_steps={config.max_bad_steps}); stopping. "
+                             "Lower learning_rate or check the judges.")
+        t3 = time.time()
+
+        # 4. Log, sample, checkpoint.
+        grouped = rewards.view(-1, config.group_size)
+        metrics |= {
+            "reward": rewards.mean().item(), "reward_std": grouped.std(1, unbiased=False).mean().item(),
+            "frac_reward_zero_std": (grouped.std(1, unbiased=False) < 1e-6).float().mean().item(),
+            "advantages_abs_mean": advantages.abs().mean().item(),
+            "accepted_fraction": accepted.float().mean().item(),
+            "entropy": -rollout.logprobs.float().mean().item(),  # Monte-Carlo estimate on the sampled tokens
+            "distinct_fraction": distinct_fraction(rollout.tokens, config.group_size),
+            "learning_rate": learning_rate(config, step), "skipped": int(not finite),
+            "images_per_second": len(per_image) / max(t3 - t0, 1e-9),
+            "time/rollout": t1 - t0, "time/judge": t2 - t1, "time/learn": t3 - t2,
+        }
+        for name, values in info["per_judge"].items():
+            metrics[f"rewards/{name}/mean"] = values.mean().item()
+            metrics[f"rewards/{name}/std"] = values.std(unbiased=False).item()
+        metrics = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
+        if (step + 1) % config.log_every == 0 or step == config.max_steps - 1:
+            log.log(step + 1, metrics)
+        bar.set_postfix(reward=f"{metrics['reward']:.3f}")
+        if config.sample_every and (step + 1) % config.sample_every == 0:
+            write_samples(run_dir, step + 1, rollout.images, per_image, rewards, info)
+        if (step + 1) % config.save_every == 0 and step + 1 < config.max_steps:
+            save_checkpoint(run_dir, step + 1, model, optimizer)
+    final = save_checkpoint(run_dir, config.max_steps, model, optimizer, name="final")
+    save_checkpoint(run_dir, config.max_steps, model, optimizer)
+    log.close()
+    return final

@@ -1,0 +1,100 @@
+"""The model judges its own images with its understanding head (UniRL, OSPO).
+
+Each judge is a plain batched callable, TRL style:
+
+    judge = SelfVQAReward(model)                 # yes/no questions derived from each spec
+    rewards, info = judge(images, specs)         # [N] float, and per-image details
+
+All questions of all images go through the model in a few large batches, never one image at a
+time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+
+from unirl.models import UnifiedModel
+from unirl.specs import Spec, normalize_answer, open_question, yes_no_questions
+
+
+def _flatten(per_image: list[list[Any]]) -> tuple[list[int], list[Any]]:
+    owner = [i for i, items in enumerate(per_image) for _ in items]
+    return owner, [item for items in per_image for item in items]
+
+
+class SelfVQAReward:
+    """Mean over the spec's yes/no questions ("Is there a red circle?", "Are there exactly three
+    stars?", "Is the square left of the heart?") of p_yes − p_no ("margin", in [-1, 1]) or of the
+    0/1 verdict p_yes > p_no ("verdict"). An image whose spec has no questions scores 0."""
+
+    def __init__(self, model: UnifiedModel, mode: Literal["margin", "verdict"] = "margin", batch_size: int = 64):
+        if mode not in ("margin", "verdict"):
+            raise ValueError(f"mode: expected 'margin' or 'verdict', got {mode!r}")
+        self.model, self.mode, self.batch_size = model, mode, batch_size
+        self.__name__ = "self_vqa"
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, specs: list[Spec]) -> tuple[torch.Tensor, dict[str, Any]]:
+        owner, questions = _flatten([yes_no_questions(s) for s in specs])
+        margins = torch.zeros(len(questions))
+        for start in range(0, len(questions), self.batch_size):
+            idx = owner[start:start + self.batch_size]
+            p_yes, p_no = self.model.yes_no(images[idx], questions[start:start + self.batch_size])
+            margins[start:start + len(idx)] = (p_yes - p_no).float().cpu()
+        scores = margins if self.mode == "margin" else (margins > 0).float()
+        owner_t = torch.tensor(owner, dtype=torch.long)
+        totals = torch.zeros(len(specs)).index_add_(0, owner_t, scores)
+        counts = torch.zeros(len(specs)).index_add_(0, owner_t, torch.ones(len(owner)))
+        rewards = totals / counts.clamp(min=1)
+        per_image = [[] for _ in specs]
+        for i, q, m in zip(owner, questions, margins.tolist()):
+            per_image[i].append({"question": q, "margin": round(m, 4)})
+        return rewards.to(images.device), {"questions": per_image}
+
+
+class SelfQAReward:
+    """UniRL's own form: one open question per tag (what, how many, which colour, where), the
+    model's greedy answer against the spec's by normalised exact match, 0/1."""
+
+    def __init__(self, model: UnifiedModel, thing: str = "object", batch_size: int = 64, max_new_tokens: int = 8):
+        self.model, self.thing, self.batch_size, self.max_new_tokens = model, thing, batch_size, max_new_tokens
+        self.__name__ = "self_qa"
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, specs: list[Spec]) -> tuple[torch.Tensor, dict[str, Any]]:
+        asked = [(i, qa) for i, s in enumerate(specs) if (qa := open_question(s, self.thing)) is not None]
+        rewards = torch.zeros(len(specs))
+        answers: list[str | None] = [None] * len(specs)
+        for start in range(0, len(asked), self.batch_size):
+            chunk = asked[start:start + self.batch_size]
+            replies = self.model.answer(images[[i for i, _ in chunk]], [q for _, (q, _) in chunk],
+                                        max_new_tokens=self.max_new_tokens)
+            for (i, (_, expected)), reply in zip(chunk, replies):
+                answers[i] = reply
+                rewards[i] = float(normalize_answer(reply) == normalize_answer(expected))
+        questions = [open_question(s, self.thing) for s in specs]
+        return rewards.to(images.device), {"question": [q[0] if q else None for q in questions],
+                                           "answer": answers}
+
+
+class WeightedSum:
+    """Judges combined by weight: reward = Σ w_k · judge_k(images, specs); info keeps each
+    judge's rewards under its name, so every judge's mean and std can be logged."""
+
+    def __init__(self, judges: dict[str, tuple[Any, float]]):
+        if not judges:
+            raise ValueError("WeightedSum: expected at least one judge")
+        self.judges = judges
+        self.__name__ = "+".join(judges)
+
+    def __call__(self, images: torch.Tensor, specs: list[Spec]) -> tuple[torch.Tensor, dict[str, Any]]:
+        total = torch.zeros(len(specs), device=images.device)
+        info: dict[str, Any] = {"per_judge": {}}
+        for name, (judge, weight) in self.judges.items():
+            rewards, details = judge(images, specs)
+            total = total + weight * rewards.to(total.device).float()
+            info["per_judge"][name] = rewards.float().cpu()
+            info[name] = details
+        return total, info
