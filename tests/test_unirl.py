@@ -170,3 +170,15 @@ def test_rerunning_the_same_config_continues_and_another_config_is_refused(tmp_p
     assert prepare_run_dir(run, config, resume=False).name == "step-2"
     with pytest.raises(Exception, match="another config"):
         prepare_run_dir(run, tiny_config(tmp_path, "janus-tiny", max_steps=5), resume=False)
+
+
+def test_evaluator_as_reward_and_self_qa_are_logged(tmp_path):
+    config = tiny_config(tmp_path, "janus-tiny", max_steps=1, sample_every=1, beta=0.0, reward_geneval=1.0,
+                         reward_self_qa=0.5)
+    run = tmp_path / "run"
+    prepare_run_dir(run, config, resume=False)
+    train(config, run)
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"rewards/geneval/mean", "rewards/self_qa/mean", "rewards/self_vqa/mean"} <= set(row)
+    sample = json.loads((run / "samples" / "step-1" / "samples.jsonl").read_text().splitlines()[0])
+    assert set(sample["rewards"]) == {"self_vqa", "self_qa", "geneval"} and "answer" in sample["self_qa"]
