@@ -55,18 +55,38 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer: torch.opti
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         (tmp / STATE_FILE).write_text(json.dumps({"step": step, **(extra or {})}, indent=1))
-        if final.exists():
-            old = root / f".{final.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        _publish(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def link_checkpoint(checkpoint: str | Path, name: str) -> Path:
+    """Give a complete checkpoint a second name beside it (e.g. "final"), atomically, its files
+    hard-linked rather than written again (checkpoints are replaced, never edited in place)."""
+    checkpoint = Path(checkpoint)
+    final = checkpoint.parent / name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=checkpoint.parent))
+    try:
+        shutil.copytree(checkpoint, tmp, copy_function=os.link, dirs_exist_ok=True)
+        _publish(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename a complete temporary folder to `final`, replacing an older one."""
+    if final.exists():
+        old = final.parent / f".{final.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

@@ -30,12 +30,12 @@ import torch
 
 from unirl.algorithms.grpo import group_advantages, grpo_loss
 from unirl.config import RunConfig
-from unirl.engine.checkpoint import load_training_state, save_checkpoint
+from unirl.engine.checkpoint import link_checkpoint, load_training_state, save_checkpoint
 from unirl.engine.metrics import MetricsLogger
 from unirl.errors import UnirlError
 from unirl.models import UnifiedModel, load_model
 from unirl.progress import progress
-from unirl.rewards.self_judges import SelfQAReward, SelfVQAReward, WeightedSum
+from unirl.rewards.self_judges import SelfQAReward, SelfVQAReward, WeightedSum, flatten_per_image
 from unirl.specs import Spec, open_question, yes_no_questions
 
 
@@ -120,16 +120,14 @@ def understanding_targets(specs: list[Spec], accepted: torch.Tensor, thing: str
                           ) -> tuple[list[int], list[str], list[str]]:
     """For each accepted image: its spec's open question and answer, and each yes/no question
     with answer "yes" (an accepted image is taken to show the spec)."""
-    owner, questions, answers = [], [], []
-    for i in accepted.nonzero().flatten().tolist():
-        qa = [(q, "yes") for q in yes_no_questions(specs[i])]
-        if (open_qa := open_question(specs[i], thing)) is not None:
+    per_image = []
+    for i, spec in enumerate(specs):
+        qa = [(q, "yes") for q in yes_no_questions(spec)] if accepted[i] else []
+        if accepted[i] and (open_qa := open_question(spec, thing)) is not None:
             qa.append(open_qa)
-        for q, a in qa:
-            owner.append(i)
-            questions.append(q)
-            answers.append(a)
-    return owner, questions, answers
+        per_image.append(qa)
+    owner, pairs = flatten_per_image(per_image)
+    return owner, [q for q, _ in pairs], [a for _, a in pairs]
 
 
 def distinct_fraction(tokens: torch.Tensor, group_size: int) -> float:
@@ -176,8 +174,9 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None) 
         reference.module.requires_grad_(False)
     names_params = model.trainable_parameters()
     params = [p for _, p in names_params]
+    trainable = {name for name, _ in names_params}
     for name, p in model.module.named_parameters():
-        p.requires_grad_(name in dict(names_params))
+        p.requires_grad_(name in trainable)
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     start = 0
     if resume_from is not None:
@@ -252,10 +251,10 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None) 
         t3 = time.time()
 
         # 4. Log, sample, checkpoint.
-        grouped = rewards.view(-1, config.group_size)
+        group_std = rewards.view(-1, config.group_size).std(1, unbiased=False)
         metrics |= {
-            "reward": rewards.mean().item(), "reward_std": grouped.std(1, unbiased=False).mean().item(),
-            "frac_reward_zero_std": (grouped.std(1, unbiased=False) < 1e-6).float().mean().item(),
+            "reward": rewards.mean().item(), "reward_std": group_std.mean().item(),
+            "frac_reward_zero_std": (group_std < 1e-6).float().mean().item(),
             "advantages_abs_mean": advantages.abs().mean().item(),
             "accepted_fraction": accepted.float().mean().item(),
             "entropy": -rollout.logprobs.float().mean().item(),  # Monte-Carlo estimate on the sampled tokens
@@ -275,7 +274,7 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None) 
             write_samples(run_dir, step + 1, rollout.images, per_image, rewards, info)
         if (step + 1) % config.save_every == 0 and step + 1 < config.max_steps:
             save_checkpoint(run_dir, step + 1, model, optimizer)
-    final = save_checkpoint(run_dir, config.max_steps, model, optimizer, name="final")
-    save_checkpoint(run_dir, config.max_steps, model, optimizer)
+    # step-<n> for resuming, final for loading: one write, two names.
+    final = link_checkpoint(save_checkpoint(run_dir, config.max_steps, model, optimizer), "final")
     log.close()
     return final

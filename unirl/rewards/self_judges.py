@@ -19,7 +19,8 @@ from unirl.models import UnifiedModel
 from unirl.specs import Spec, normalize_answer, open_question, yes_no_questions
 
 
-def _flatten(per_image: list[list[Any]]) -> tuple[list[int], list[Any]]:
+def flatten_per_image(per_image: list[list[Any]]) -> tuple[list[int], list[Any]]:
+    """Items listed per image → (owning image of each item, the items), for one batched call."""
     owner = [i for i, items in enumerate(per_image) for _ in items]
     return owner, [item for items in per_image for item in items]
 
@@ -37,7 +38,7 @@ class SelfVQAReward:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, specs: list[Spec]) -> tuple[torch.Tensor, dict[str, Any]]:
-        owner, questions = _flatten([yes_no_questions(s) for s in specs])
+        owner, questions = flatten_per_image([yes_no_questions(s) for s in specs])
         margins = torch.zeros(len(questions))
         for start in range(0, len(questions), self.batch_size):
             idx = owner[start:start + self.batch_size]
@@ -64,7 +65,8 @@ class SelfQAReward:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, specs: list[Spec]) -> tuple[torch.Tensor, dict[str, Any]]:
-        asked = [(i, qa) for i, s in enumerate(specs) if (qa := open_question(s, self.thing)) is not None]
+        questions = [open_question(s, self.thing) for s in specs]
+        asked = [(i, qa) for i, qa in enumerate(questions) if qa is not None]
         rewards = torch.zeros(len(specs))
         answers: list[str | None] = [None] * len(specs)
         for start in range(0, len(asked), self.batch_size):
@@ -74,7 +76,6 @@ class SelfQAReward:
             for (i, (_, expected)), reply in zip(chunk, replies):
                 answers[i] = reply
                 rewards[i] = float(normalize_answer(reply) == normalize_answer(expected))
-        questions = [open_question(s, self.thing) for s in specs]
         return rewards.to(images.device), {"question": [q[0] if q else None for q in questions],
                                            "answer": answers}
 
