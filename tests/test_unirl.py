@@ -182,3 +182,51 @@ def test_evaluator_as_reward_and_self_qa_are_logged(tmp_path):
     assert {"rewards/geneval/mean", "rewards/self_qa/mean", "rewards/self_vqa/mean"} <= set(row)
     sample = json.loads((run / "samples" / "step-1" / "samples.jsonl").read_text().splitlines()[0])
     assert set(sample["rewards"]) == {"self_vqa", "self_qa", "geneval"} and "answer" in sample["self_qa"]
+
+
+def test_lora_merge_for_saving_and_disabled_reference(tmp_path):
+    from unirl.engine.lora import adapters_disabled, add_lora, merged_weights
+
+    model = load_model("janus-tiny", device="cpu", dtype="float32", seed=0)
+    tokens = model.generate_images(["a photo of a red circle"], 2, seed=0).tokens
+    base_lp = model.image_token_logprobs(["a photo of a red circle"] * 2, tokens).detach()
+    plain_keys = set(model.module.state_dict())
+    params = add_lora(model.module, 4, 8.0, ["q_proj", "v_proj"], skip_prefixes=model.frozen_prefixes)
+    assert params and all("language_model" in n for n, _ in params)
+    assert all(p.requires_grad == ("lora_" in n) for n, p in model.module.named_parameters())
+    with torch.no_grad():
+        for _, p in params:
+            p.normal_(0, 0.05)  # B starts at 0; make the adapters matter
+    lora_lp = model.image_token_logprobs(["a photo of a red circle"] * 2, tokens).detach()
+    assert not torch.allclose(lora_lp, base_lp)
+    with adapters_disabled(model.module):
+        assert torch.allclose(model.image_token_logprobs(["a photo of a red circle"] * 2, tokens), base_lp, atol=1e-6)
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    with merged_weights(model.module):
+        assert set(model.module.state_dict()) == plain_keys
+        model.save_pretrained(tmp_path / "merged")
+    after = model.module.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    merged = load_model(str(tmp_path / "merged"), device="cpu", dtype="float32")
+    assert torch.allclose(merged.image_token_logprobs(["a photo of a red circle"] * 2, tokens), lora_lp, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["janus-tiny", "showo-tiny"])
+def test_lora_run_resumes_with_the_same_weights(tmp_path, backend):
+    lora = dict(lora_rank=4, lora_alpha=8.0, sample_every=0, save_every=2)
+    whole = tmp_path / "whole"
+    config = tiny_config(tmp_path, backend, max_steps=4, **lora)
+    prepare_run_dir(whole, config, resume=False)
+    train(config, whole)
+    parted = tmp_path / "parted"
+    first = tiny_config(tmp_path, backend, max_steps=2, **lora)
+    prepare_run_dir(parted, first, resume=False)
+    train(first, parted)
+    train(config, parted, prepare_run_dir(parted, config, resume=True))
+    a = load_file(whole / "checkpoints" / "final" / "adapter.safetensors")
+    b = load_file(parted / "checkpoints" / "final" / "adapter.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    start = dict(load_model(backend, device="cpu", dtype="float32", seed=0).trainable_parameters())
+    final = load_model(str(whole / "checkpoints" / "final"), device="cpu", dtype="float32")
+    changed = [n for n, p in final.trainable_parameters() if not torch.equal(start[n], p)]
+    assert changed and all(n.endswith("weight") for n in changed)  # only adapted layers, merged in

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from unirl.errors import UnirlError
 
@@ -43,8 +44,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model, optimizer: torch.optim.Optimizer | None = None,
-                    extra: dict[str, Any] | None = None, name: str | None = None) -> Path:
-    """Write checkpoints/<name or step-n>/ atomically; returns its path."""
+                    extra: dict[str, Any] | None = None, name: str | None = None,
+                    tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """Write checkpoints/<name or step-n>/ atomically; returns its path. `tensors`: more files,
+    {file name: tensors}, written as safetensors (e.g. LoRA adapters)."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / (name or f"step-{step}")
@@ -54,6 +57,8 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer: torch.opti
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng.pt")
+        for filename, named in (tensors or {}).items():
+            save_file(named, str(tmp / filename))
         (tmp / STATE_FILE).write_text(json.dumps({"step": step, **(extra or {})}, indent=1))
         _publish(tmp, final)
     except BaseException:

@@ -31,7 +31,8 @@ MODEL_CARD = "unirl_model.json"  # marks a folder this toolkit saved; names the 
 def tiny_janus_config(vocab_size: int, image_token_id: int, bos: int, eos: int, pad: int, *, image_size: int = 32,
                       patch_size: int = 8, hidden: int = 64, layers: int = 2, heads: int = 4,
                       codebook: int = 64, vq_channels: int = 32, vq_multipliers: tuple[int, ...] = (1, 1, 2, 2),
-                      vision_hidden: int | None = None, vision_layers: int | None = None) -> JanusConfig:
+                      vision_hidden: int | None = None, vision_layers: int | None = None,
+                      vq_embed_dim: int = 8) -> JanusConfig:
     """A random-init Janus; the defaults build in milliseconds on a CPU (for tests). The VQ
     decoder upsamples the token grid by 2^(len(vq_multipliers)-1), which must give image_size."""
     grid = image_size // patch_size
@@ -48,7 +49,8 @@ def tiny_janus_config(vocab_size: int, image_token_id: int, bos: int, eos: int, 
                            num_attention_heads=4, image_size=image_size, patch_size=patch_size, projection_dim=hidden,
                            num_image_tokens=grid * grid, mlp_ratio=2.0),
         # GroupNorm(32) in the VQ-VAE needs at least 32 channels.
-        vq_config=dict(embed_dim=8, num_embeddings=codebook, latent_channels=vq_channels, base_channels=vq_channels,
+        vq_config=dict(embed_dim=vq_embed_dim, num_embeddings=codebook, latent_channels=vq_channels,
+                       base_channels=vq_channels,
                        channel_multiplier=list(vq_multipliers), num_res_blocks=1, projection_dim=hidden,
                        image_token_embed_dim=hidden),
         image_token_id=image_token_id,

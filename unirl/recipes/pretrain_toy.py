@@ -66,6 +66,7 @@ class PretrainToyConfig:
     vq_batch: int = 16
     vq_lr: float = 1e-3
     vq_temperature: float = 0.1
+    vq_embed_dim: int = 8
     vq_object_weight: float = 10.0
     vision_steps: int = 1500
     vision_batch: int = 64
@@ -99,7 +100,8 @@ def build_toy(config: PretrainToyConfig) -> JanusModel:
         len(tokenizer), tokenizer.convert_tokens_to_ids(tokenizer.image_token), tokenizer.bos_token_id,
         tokenizer.eos_token_id, tokenizer.pad_token_id, image_size=IMAGE_SIZE, patch_size=CELL, hidden=config.hidden,
         layers=config.layers, heads=config.heads, codebook=TOY_CODES, vq_channels=32,
-        vq_multipliers=(1, 1, 2, 2, 4), vision_hidden=config.vision_hidden, vision_layers=config.vision_layers)
+        vq_multipliers=(1, 1, 2, 2, 4), vision_hidden=config.vision_hidden, vision_layers=config.vision_layers,
+        vq_embed_dim=config.vq_embed_dim)
     processor = JanusProcessor(image_processor=JanusImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
                                tokenizer=tokenizer, num_image_tokens=janus_config.vision_config.num_image_tokens)
     with torch.random.fork_rng(devices=[]):

@@ -21,22 +21,28 @@ import copy
 import json
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from unirl.algorithms.grpo import group_advantages, grpo_loss
 from unirl.config import RunConfig
 from unirl.engine.checkpoint import link_checkpoint, load_training_state, save_checkpoint
+from unirl.engine.lora import adapter_state, adapters_disabled, add_lora, load_adapter_state, merged_weights
 from unirl.engine.metrics import MetricsLogger
 from unirl.errors import UnirlError
-from unirl.models import UnifiedModel, load_model
+from unirl.models import ImageRollout, UnifiedModel, load_model
 from unirl.progress import progress
 from unirl.rewards.self_judges import SelfQAReward, SelfVQAReward, WeightedSum, flatten_per_image
 from unirl.specs import Spec, open_question, yes_no_questions
+
+ADAPTER_FILE = "adapter.safetensors"
 
 
 @dataclass
@@ -81,6 +87,12 @@ class Config(RunConfig):
     """Weight of the image-token NLL of accepted images (rejection-sampling fine-tuning)."""
     accept_threshold: float = 0.5
     """An image is accepted for SFT when its combined reward is at least this."""
+    lora_rank: int = 0
+    """LoRA rank; 0 fine-tunes the whole LM (image tokenizer and vision tower stay frozen either way)."""
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "dense"])
+    """Linear layers that get adapters, by last name (Llama: q/k/v/o_proj; Phi: q/k/v_proj, dense)."""
     max_bad_steps: int = 3
     """Stop after this many steps in a row with a non-finite reward or loss (each is skipped)."""
     sample_every: int = 10
@@ -103,6 +115,58 @@ def build_judge(config: Config, model: UnifiedModel) -> WeightedSum:
     if not judges:
         raise UnirlError("config: every reward_* weight is 0; give at least one judge a weight")
     return WeightedSum(judges)
+
+
+ReferenceLogprobs = Callable[[ImageRollout, float], "torch.Tensor | None"]
+
+
+def build_policy(config: Config, resume_from: Path | None
+                 ) -> tuple[UnifiedModel, list[torch.nn.Parameter], ReferenceLogprobs]:
+    """The model being trained, the parameters it trains, and log-probs under the reference.
+
+    Full fine-tuning trains `trainable_parameters()` (not the image tokenizer or vision tower) and
+    keeps a frozen copy of the initial weights as the reference. LoRA trains adapters only; its
+    reference is the same model with the adapters switched off, and it resumes from the base
+    model plus the checkpoint's adapter tensors."""
+    lora = config.lora_rank > 0
+    source = str(resume_from) if resume_from is not None and not lora else config.model
+    model = load_model(source, device=config.device, dtype=config.dtype)
+    if lora:
+        named = add_lora(model.module, config.lora_rank, config.lora_alpha, config.lora_target_modules,
+                         skip_prefixes=model.frozen_prefixes)
+        if resume_from is not None:
+            load_adapter_state(model.module, load_file(resume_from / ADAPTER_FILE), str(resume_from / ADAPTER_FILE))
+    else:
+        named = model.trainable_parameters()
+        trainable = {name for name, _ in named}
+        for name, p in model.module.named_parameters():
+            p.requires_grad_(name in trainable)
+    reference = None
+    if config.beta > 0 and not lora:  # frozen initial weights (reloaded when resuming)
+        reference = copy.deepcopy(model) if resume_from is None else \
+            load_model(config.model, device=config.device, dtype=config.dtype)
+        reference.module.requires_grad_(False)
+
+    @torch.no_grad()
+    def reference_logprobs(rollout: ImageRollout, guidance: float) -> torch.Tensor | None:
+        if config.beta <= 0:
+            return None
+        scorer = reference or model
+        with adapters_disabled(model.module) if lora else nullcontext():
+            return scorer.image_token_logprobs(rollout.prompts, rollout.tokens, guidance=guidance,
+                                               temperature=config.temperature, rollout=rollout)
+
+    return model, [p for _, p in named], reference_logprobs
+
+
+def save(run_dir: Path, step: int, model: UnifiedModel, optimizer: torch.optim.Optimizer, config: Config) -> Path:
+    """A checkpoint `load_model` reads as a plain model (LoRA merged in), plus the adapter tensors
+    under LoRA so that training resumes exactly."""
+    if config.lora_rank <= 0:
+        return save_checkpoint(run_dir, step, model, optimizer)
+    adapters = adapter_state(model.module)  # before merging: inside, the adapter layers are swapped out
+    with merged_weights(model.module):
+        return save_checkpoint(run_dir, step, model, optimizer, tensors={ADAPTER_FILE: adapters})
 
 
 def learning_rate(config: Config, step: int) -> float:
@@ -165,18 +229,8 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None) 
     suite = load_suite(config.prompts)
     if not suite.specs:
         raise UnirlError(f"prompts {config.prompts}: no prompts")
-    model = load_model(str(resume_from) if resume_from else config.model, device=config.device, dtype=config.dtype)
+    model, params, reference_logprobs = build_policy(config, resume_from)
     guidance = model.default_guidance if config.guidance is None else config.guidance
-    reference = None
-    if config.beta > 0:  # frozen initial weights; on resume the initial model is reloaded from config.model
-        reference = load_model(config.model, device=config.device, dtype=config.dtype) if resume_from else \
-            copy.deepcopy(model)
-        reference.module.requires_grad_(False)
-    names_params = model.trainable_parameters()
-    params = [p for _, p in names_params]
-    trainable = {name for name, _ in names_params}
-    for name, p in model.module.named_parameters():
-        p.requires_grad_(name in trainable)
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     start = 0
     if resume_from is not None:
@@ -208,11 +262,7 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None) 
         t2 = time.time()
         # 3. Learn.
         metrics: dict[str, float] = {}
-        ref_logprobs = None
-        if reference is not None:
-            with torch.no_grad():
-                ref_logprobs = reference.image_token_logprobs(rollout.prompts, rollout.tokens, guidance=guidance,
-                                                              temperature=config.temperature, rollout=rollout)
+        ref_logprobs = reference_logprobs(rollout, guidance)
         finite = bool(torch.isfinite(rewards).all())
         for _ in range(config.num_iterations if finite else 0):
             for group in optimizer.param_groups:
@@ -273,8 +323,8 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None) 
         if config.sample_every and (step + 1) % config.sample_every == 0:
             write_samples(run_dir, step + 1, rollout.images, per_image, rewards, info)
         if (step + 1) % config.save_every == 0 and step + 1 < config.max_steps:
-            save_checkpoint(run_dir, step + 1, model, optimizer)
+            save(run_dir, step + 1, model, optimizer, config)
     # step-<n> for resuming, final for loading: one write, two names.
-    final = link_checkpoint(save_checkpoint(run_dir, config.max_steps, model, optimizer), "final")
+    final = link_checkpoint(save(run_dir, config.max_steps, model, optimizer, config), "final")
     log.close()
     return final
