@@ -32,13 +32,13 @@ import torch
 import torch.nn.functional as F
 
 from modalities.image.shapes import (
-    BACKGROUND,
     CELL,
     COLORS,
     IMAGE_SIZE,
     RADIUS,
     SHAPES,
     Scene,
+    SceneObject,
     all_specs,
     render,
     sample_scenes,
@@ -62,11 +62,12 @@ class PretrainToyConfig:
     heads: int = 4
     vision_hidden: int = 128
     vision_layers: int = 2
-    vq_steps: int = 2000
+    vq_steps: int = 1500
+    vq_one_color_steps: int = 400
     vq_batch: int = 16
-    vq_lr: float = 1e-3
+    vq_lr: float = 2e-3
     vq_temperature: float = 0.1
-    vq_embed_dim: int = 8
+    vq_embed_dim: int = 24
     vq_object_weight: float = 10.0
     vision_steps: int = 1500
     vision_batch: int = 64
@@ -142,37 +143,84 @@ def cell_codes(scenes: list[Scene]) -> torch.Tensor:
     return torch.where(shape > 0, code, torch.zeros_like(code))
 
 
+def code_parts() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Shape, colour and size index of codes 1.. (the inverse of `cell_codes`)."""
+    code = torch.arange(TOY_CODES - 1)
+    return code // (len(COLORS) * SIZE_BINS), code // SIZE_BINS % len(COLORS), code % SIZE_BINS
+
+
 # ----------------------------------------------------------------------------- stage 1: VQ
+class FactoredCodebook(torch.nn.Module):
+    """The codebook during training: code (shape, colour, size) = [shape part, colour part, size
+    part], l2-normalised; code 0 (the empty cell) its own vector. Shared parts let the decoder
+    draw a shape once for every colour; the product is stored as an ordinary codebook."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        shape_dim = dim // 3
+        size_dim = max(1, dim // 6)
+        self.shape = torch.nn.Parameter(torch.randn(len(SHAPES), shape_dim))
+        self.color = torch.nn.Parameter(torch.randn(len(COLORS), dim - shape_dim - size_dim))
+        self.size = torch.nn.Parameter(torch.randn(SIZE_BINS, size_dim))
+        self.empty = torch.nn.Parameter(torch.randn(1, dim))
+        self.register_buffer("ids", torch.stack(code_parts()), persistent=False)
+
+    def forward(self) -> torch.Tensor:  # [TOY_CODES, dim], in cell_codes' order
+        s, c, z = self.ids
+        return F.normalize(torch.cat([self.empty, torch.cat([self.shape[s], self.color[c], self.size[z]], -1)]), dim=-1)
+
+
+def random_tables(n: int, rng: np.random.Generator, one_color: str | None = None) -> list[Scene]:
+    """Scenes for the VQ-VAE: 1 to 4 objects of any shape and colour in random cells (no prompt
+    involved, so no split applies); all `one_color` when given."""
+    cells = IMAGE_SIZE // CELL
+    scenes = []
+    for _ in range(n):
+        occupied = rng.choice(cells * cells, size=int(rng.integers(1, 5)), replace=False)
+        scenes.append(Scene({}, [SceneObject(SHAPES[rng.integers(len(SHAPES))],
+                                             one_color or COLORS[rng.integers(len(COLORS))],
+                                             (i % cells + 0.5) * CELL, (i // cells + 0.5) * CELL,
+                                             float(rng.uniform(*RADIUS))) for i in occupied.tolist()]))
+    return scenes
+
+
 def train_vq(model: JanusModel, config: PretrainToyConfig, log: MetricsLogger) -> None:
     """The VQ-VAE with codes assigned, not discovered: the renderer knows what each 16-px cell
     holds, so the encoder learns to pick that cell's code (cross-entropy on code similarity) and
-    the decoder learns to draw from the true codes. Unsupervised VQ (k-means codes, dead-code
-    re-seeding) learned only colour blobs in 11 minutes. Measured: this one's encoder picks 0.96 of
-    held-out object codes in 2,000 steps, but its decoder still draws shapes as blobs (README)."""
+    the decoder learns to draw from the true codes.
+
+    Measured (decoder alone, held-out GenEval of decoded true codes): with every colour from the
+    start the decoder settles on one blob per colour and ignores shape (0.03-0.06 after 500-2,000
+    steps, with any loss weighting or code size tried); with one colour it draws every shape
+    sharply within 500 steps. So the first `vq_one_color_steps` use red objects only, then all
+    colours, with codes factored into shape, colour and size parts so the shapes carry over."""
     vq = model.module.model.vqmodel
     for module in vq.modules():  # PyTorch's fan-in init: transformers' N(0, 0.02) starves these deep convs
         if isinstance(module, torch.nn.Conv2d):
             module.reset_parameters()
-    optimizer = torch.optim.AdamW(vq.parameters(), lr=config.vq_lr, weight_decay=0.0)
-    specs = split_specs("train")
-    background = torch.tensor(BACKGROUND).view(1, 3, 1, 1) * 2 - 1
+    codebook = FactoredCodebook(vq.quantize.embedding.weight.shape[1])
+    params = [p for name, p in vq.named_parameters() if not name.startswith("quantize.")]
+    optimizer = torch.optim.AdamW([*params, *codebook.parameters()], lr=config.vq_lr, weight_decay=0.0)
+    rng = np.random.default_rng(config.seed)
+    cells = IMAGE_SIZE // CELL
     bar = progress(range(config.vq_steps), desc="vq-vae")
     vq.train()
     for step in bar:
-        scenes = sample_scenes(specs, config.vq_batch, seed=config.seed * 1_000_003 + step)
+        one_color = COLORS[0] if step < config.vq_one_color_steps else None
+        scenes = random_tables(config.vq_batch, rng, one_color)
         pixels, target = render(scenes) * 2 - 1, cell_codes(scenes)
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, config.vq_steps, config.vq_lr, config.warmup)
-        z = F.normalize(vq.quant_conv(vq.encoder(pixels)), dim=1)  # [B,D,h,w], unit norm as Janus decodes
-        codes = F.normalize(vq.quantize.embedding.weight, dim=-1)  # [K,D]
+        codes = codebook()  # [K,D], unit norm as Janus decodes
+        z = F.normalize(vq.quant_conv(vq.encoder(pixels)), dim=1)  # [B,D,h,w]
         similarity = torch.einsum("bdhw,kd->bhwk", z, codes).flatten(1, 2)  # [B,h*w,K]
         code_loss = F.cross_entropy(similarity.flatten(0, 1) / config.vq_temperature, target.flatten())
-        zq = codes[target].view(z.shape[0], z.shape[2], z.shape[3], -1).permute(0, 3, 1, 2)
+        zq = codes[target].view(len(scenes), cells, cells, -1).permute(0, 3, 1, 2)
         recon = vq.decoder(vq.post_quant_conv(zq))
-        # Objects cover a few percent of the table: weight their pixels up so they are not averaged away.
-        weight = 1 + config.vq_object_weight * (pixels - background).abs().amax(1, keepdim=True).gt(0.02).float()
-        error = (recon - pixels).abs() + (recon - pixels) ** 2
-        rec_loss = (weight * error).mean() / weight.mean()
+        # Occupied cells weigh more: a shape's outline is decided inside its cell, on both sides of it.
+        occupied = F.interpolate((target > 0).float().view(-1, 1, cells, cells), scale_factor=CELL)
+        weight = 1 + config.vq_object_weight * occupied
+        rec_loss = (weight * ((recon - pixels).abs() + (recon - pixels) ** 2)).mean() / weight.mean()
         loss = rec_loss + code_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -180,11 +228,11 @@ def train_vq(model: JanusModel, config: PretrainToyConfig, log: MetricsLogger) -
         if step % 20 == 0 or step == config.vq_steps - 1:
             accuracy = (similarity.argmax(-1) == target)[target > 0].float().mean().item()
             log.log(step, {"stage": "vq", "loss": loss.item(), "recon": rec_loss.item(), "code_loss": code_loss.item(),
-                           "object_code_accuracy": accuracy})
+                           "object_code_accuracy": accuracy, "one_color": one_color is not None})
             bar.set_postfix(recon=f"{rec_loss.item():.3f}", acc=f"{accuracy:.3f}")
     vq.eval()
-    with torch.no_grad():  # store unit-norm codes: then transformers' encode/decode agree with training
-        vq.quantize.embedding.weight.copy_(F.normalize(vq.quantize.embedding.weight, dim=-1))
+    with torch.no_grad():  # the factored codes become the ordinary codebook transformers' Janus reads
+        vq.quantize.embedding.weight.copy_(codebook())
     log.log(config.vq_steps, {"stage": "vq", **vq_heldout_metrics(model)})
 
 
@@ -232,8 +280,25 @@ def train_vision(model: JanusModel, config: PretrainToyConfig, log: MetricsLogge
 
 
 # ----------------------------------------------------------------------------- stage 3: LM
+def factor_code_rows(weight: torch.Tensor, generator: torch.Generator) -> None:
+    """Initialise per-code rows (image-token embeddings, generation-head outputs) as a sum of a
+    shape, a colour and a size vector, so what the LM learns about "circle" starts shared by
+    every circle code. Measured (generation only, 400 steps): the prompt's log-likelihood gain on
+    true codes 2.2 nats per image with it, 0.8 without."""
+    with torch.no_grad():
+        dim, std = weight.shape[1], weight.std().item()
+        shape, color, size = (torch.randn(n, dim, generator=generator) * std
+                              for n in (len(SHAPES), len(COLORS), SIZE_BINS))
+        s, c, z = code_parts()
+        rows = shape[s] + color[c] + size[z]
+        weight[1:] = (rows / math.sqrt(3)).to(weight.dtype)
+
+
 def train_lm(model: JanusModel, config: PretrainToyConfig, log: MetricsLogger) -> None:
     hf = model.module
+    generator = torch.Generator().manual_seed(config.seed)
+    factor_code_rows(hf.model.generation_embeddings.weight, generator)
+    factor_code_rows(hf.model.generation_head.vision_head.weight, generator)
     for p in hf.model.vision_model.parameters():
         p.requires_grad_(False)
     # Not the VQ-VAE's: it may be training in the other thread, and the LM learns assigned codes.
