@@ -28,6 +28,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from unirl.config import apply_overrides, from_dict, read_yaml
+    from unirl.engine.distributed import init_processes
     from unirl.engine.run import prepare_run_dir
     from unirl.recipes import get_recipe
 
@@ -38,12 +39,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     config = from_dict(recipe.Config, data, source=args.config)
     out = Path(args.out)
     fresh = not out.exists()
-    resume_from = prepare_run_dir(out, config, resume=args.resume)
+    processes = init_processes(getattr(config, "device", None))  # one, unless under accelerate launch
+    with processes.main_first():  # the main process creates the run directory; the others reopen it
+        resume_from = prepare_run_dir(out, config, resume=args.resume)
     try:
-        recipe.train(config, out, resume_from)
+        recipe.train(config, out, resume_from, processes=processes)
     except BaseException:
         # A run that failed before its first step (a missing model, a bad prompt file) leaves nothing behind.
-        if fresh and not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists():
+        if processes.is_main and fresh and not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists():
             shutil.rmtree(out, ignore_errors=True)
         raise
 

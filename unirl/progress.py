@@ -12,5 +12,5 @@ T = TypeVar("T")
 
 
 def progress(iterable: Iterable[T] | None = None, desc: str = "", total: int | None = None, **kwargs) -> tqdm:
-    return tqdm(iterable, desc=desc, total=total, disable=not sys.stdout.isatty(), dynamic_ncols=True,
-                **kwargs)
+    disable = kwargs.pop("disable", False) or not sys.stdout.isatty()
+    return tqdm(iterable, desc=desc, total=total, disable=disable, dynamic_ncols=True, **kwargs)

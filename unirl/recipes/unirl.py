@@ -34,6 +34,7 @@ from safetensors.torch import load_file
 from unirl.algorithms.grpo import group_advantages, grpo_loss
 from unirl.config import RunConfig
 from unirl.engine.checkpoint import link_checkpoint, load_training_state, save_checkpoint
+from unirl.engine.distributed import ONE_PROCESS, Processes, init_processes
 from unirl.engine.lora import adapter_state, adapters_disabled, add_lora, load_adapter_state, merged_weights
 from unirl.engine.metrics import MetricsLogger
 from unirl.errors import UnirlError
@@ -221,10 +222,65 @@ def write_samples(run_dir: Path, step: int, images: torch.Tensor, specs: list[Sp
                 f.write(json.dumps(row) + "\n")
 
 
-def train(config: Config, run_dir: str | Path, resume_from: Path | None = None) -> Path:
+def learn(model: UnifiedModel, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+          rollout: ImageRollout, advantages: torch.Tensor, accepted: torch.Tensor, specs: list[Spec],
+          ref_logprobs: torch.Tensor | None, guidance: float, config: Config, step: int,
+          processes: Processes = ONE_PROCESS) -> tuple[bool, dict[str, float]]:
+    """Step 3: `num_iterations` optimiser passes over one rollout batch (`specs`: one per image).
+
+    Under several processes each holds an equal share of the batch; the SFT losses are divided
+    by the whole batch's counts and gradients are averaged, so the update equals one process's
+    update on the whole batch. Returns (finite, metrics); a non-finite loss on any process skips
+    the step on all of them."""
+    world = processes.world
+    n_accepted = int(processes.sum(accepted.sum()))
+    owner, questions, answers = understanding_targets(specs, accepted, config.self_qa_thing)
+    n_questions = int(processes.sum(torch.tensor(len(questions))))
+    metrics: dict[str, float] = {}
+    for _ in range(config.num_iterations):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, step)
+        logprobs = model.image_token_logprobs(rollout.prompts, rollout.tokens, guidance=guidance,
+                                              temperature=config.temperature, rollout=rollout)
+        loss_grpo, stats = grpo_loss(logprobs, rollout.logprobs.to(logprobs.device), advantages,
+                                     ref_logprobs=ref_logprobs, beta=config.beta,
+                                     eps_low=config.epsilon_low, eps_high=config.epsilon_high)
+        loss = config.grpo_weight * loss_grpo
+        parts = {"loss/grpo": loss_grpo.detach(), **{k: torch.tensor(v) for k, v in stats.items()}}
+        # SFT terms: this process's sum over the batch's count (times the process count, which
+        # the gradient average divides out again) is the whole batch's mean.
+        if config.gen_sft_weight and n_accepted:
+            loss_gen = -logprobs[accepted].sum() * world / (n_accepted * logprobs.shape[1])
+            loss = loss + config.gen_sft_weight * loss_gen
+            parts["loss/gen_sft"] = loss_gen.detach()
+        if config.und_sft_weight and n_questions:
+            loss_und = -model.answer_logprobs(rollout.images[owner], questions, answers).sum() * world / n_questions \
+                if questions else logprobs.new_zeros(())
+            loss = loss + config.und_sft_weight * loss_und
+            parts["loss/und_sft"] = loss_und.detach()
+        if processes.sum(torch.isfinite(loss.detach()).float()) < world:
+            return False, metrics
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        processes.average_gradients(params)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        parts["loss"] = loss.detach()
+        names = list(parts)
+        means = processes.sum(torch.stack([parts[k].float().cpu() for k in names])) / world
+        metrics = dict(zip(names, means.tolist())) | {"grad_norm": float(grad_norm)}  # the same everywhere
+    optimizer.zero_grad(set_to_none=True)
+    return True, metrics
+
+
+def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
+          processes: Processes | None = None) -> Path:
+    """Train, writing into `run_dir` (metrics, samples, checkpoints); return the final checkpoint.
+    Under `accelerate launch`, each process takes an equal share of every step's prompts."""
     from evaluators.suites import load_suite
 
     run_dir = Path(run_dir)
+    processes = processes or init_processes(config.device)
     torch.manual_seed(config.seed)
     suite = load_suite(config.prompts)
     if not suite.specs:
@@ -236,23 +292,25 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None) 
     if resume_from is not None:
         start = load_training_state(resume_from, optimizer)["step"]
     judge = build_judge(config, model)
-    log = MetricsLogger(run_dir, resume_step=start if resume_from else None, tensorboard=False)
+    main = processes.is_main
+    log = MetricsLogger(run_dir, resume_step=start if resume_from else None, tensorboard=False) if main else None
     recipe = {"model": config.model, "prompts": suite.name, "prompts_sha256": suite.sha256, "seed": config.seed,
               "guidance": guidance, "temperature": config.temperature, "group_size": config.group_size,
-              "judges": {k: w for k, (_, w) in judge.judges.items()}}
-    if start == 0:
+              "judges": {k: w for k, (_, w) in judge.judges.items()}, "processes": processes.world}
+    if start == 0 and main:
         (run_dir / "recipe.json").write_text(json.dumps(recipe, indent=1) + "\n")
     bad_steps = 0
 
-    bar = progress(range(start, config.max_steps), desc="unirl", initial=start, total=config.max_steps)
+    bar = progress(range(start, config.max_steps), desc="unirl", initial=start, total=config.max_steps,
+                   disable=not main)
     for step in bar:
         t0 = time.time()
-        specs = draw_prompts(suite.specs, config, step)
+        specs = processes.shard(draw_prompts(suite.specs, config, step), "prompts_per_step")
         per_image = [s for s in specs for _ in range(config.group_size)]
         # 1. Rollout: G images per prompt, with the log-probs they were drawn with.
         rollout = model.generate_images([s["prompt"] for s in specs], num_per_prompt=config.group_size,
                                         guidance=guidance, temperature=config.temperature,
-                                        seed=config.seed * 1_000_003 + step)
+                                        seed=config.seed * 1_000_003 + step + 7_777_777 * processes.rank)
         t1 = time.time()
         # 2. Judge.
         rewards, info = judge(rollout.images, per_image)
@@ -261,38 +319,11 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None) 
         accepted = rewards >= config.accept_threshold
         t2 = time.time()
         # 3. Learn.
+        finite = bool(processes.sum(torch.isfinite(rewards).all().float()) == processes.world)
         metrics: dict[str, float] = {}
-        ref_logprobs = reference_logprobs(rollout, guidance)
-        finite = bool(torch.isfinite(rewards).all())
-        for _ in range(config.num_iterations if finite else 0):
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, step)
-            logprobs = model.image_token_logprobs(rollout.prompts, rollout.tokens, guidance=guidance,
-                                                  temperature=config.temperature, rollout=rollout)
-            loss_grpo, stats = grpo_loss(logprobs, rollout.logprobs.to(logprobs.device), advantages,
-                                         ref_logprobs=ref_logprobs, beta=config.beta,
-                                         eps_low=config.epsilon_low, eps_high=config.epsilon_high)
-            loss = config.grpo_weight * loss_grpo
-            metrics.update(stats)
-            metrics["loss/grpo"] = loss_grpo.item()
-            if config.gen_sft_weight and accepted.any():
-                loss_gen = -logprobs[accepted].mean()
-                loss = loss + config.gen_sft_weight * loss_gen
-                metrics["loss/gen_sft"] = loss_gen.item()
-            if config.und_sft_weight and accepted.any():
-                owner, questions, answers = understanding_targets(per_image, accepted, config.self_qa_thing)
-                loss_und = -model.answer_logprobs(rollout.images[owner], questions, answers).mean()
-                loss = loss + config.und_sft_weight * loss_und
-                metrics["loss/und_sft"] = loss_und.item()
-            if not torch.isfinite(loss):
-                finite = False
-                break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
-            optimizer.step()
-            metrics["loss"] = loss.item()
-        optimizer.zero_grad(set_to_none=True)
+        if finite:
+            finite, metrics = learn(model, params, optimizer, rollout, advantages, accepted, per_image,
+                                    reference_logprobs(rollout, guidance), guidance, config, step, processes)
         bad_steps = 0 if finite else bad_steps + 1
         if bad_steps >= config.max_bad_steps:
             raise UnirlError(f"step {step}: reward or loss not finite for {bad_steps} steps in a row "
@@ -300,31 +331,40 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None) 
                              "Lower learning_rate or check the judges.")
         t3 = time.time()
 
-        # 4. Log, sample, checkpoint.
-        group_std = rewards.view(-1, config.group_size).std(1, unbiased=False)
+        # 4. Log, sample, checkpoint: over every process's images, written by the main one.
+        all_rewards = processes.gather(rewards)
+        group_std = all_rewards.view(-1, config.group_size).std(1, unbiased=False)
+        per_judge = {name: processes.gather(values.float().to(model.device))
+                     for name, values in info["per_judge"].items()}
         metrics |= {
-            "reward": rewards.mean().item(), "reward_std": group_std.mean().item(),
+            "reward": all_rewards.mean().item(), "reward_std": group_std.mean().item(),
             "frac_reward_zero_std": (group_std < 1e-6).float().mean().item(),
-            "advantages_abs_mean": advantages.abs().mean().item(),
-            "accepted_fraction": accepted.float().mean().item(),
-            "entropy": -rollout.logprobs.float().mean().item(),  # Monte-Carlo estimate on the sampled tokens
-            "distinct_fraction": distinct_fraction(rollout.tokens, config.group_size),
+            "advantages_abs_mean": processes.gather(advantages).abs().mean().item(),
+            "accepted_fraction": processes.gather(accepted.float()).mean().item(),
+            # Monte-Carlo estimate on the sampled tokens
+            "entropy": -processes.gather(rollout.logprobs.float()).mean().item(),
+            "distinct_fraction": distinct_fraction(processes.gather(rollout.tokens), config.group_size),
             "learning_rate": learning_rate(config, step), "skipped": int(not finite),
-            "images_per_second": len(per_image) / max(t3 - t0, 1e-9),
+            "images_per_second": len(all_rewards) / max(t3 - t0, 1e-9),
             "time/rollout": t1 - t0, "time/judge": t2 - t1, "time/learn": t3 - t2,
         }
-        for name, values in info["per_judge"].items():
+        for name, values in per_judge.items():
             metrics[f"rewards/{name}/mean"] = values.mean().item()
             metrics[f"rewards/{name}/std"] = values.std(unbiased=False).item()
         metrics = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
-        if (step + 1) % config.log_every == 0 or step == config.max_steps - 1:
-            log.log(step + 1, metrics)
         bar.set_postfix(reward=f"{metrics['reward']:.3f}")
-        if config.sample_every and (step + 1) % config.sample_every == 0:
-            write_samples(run_dir, step + 1, rollout.images, per_image, rewards, info)
+        if main and ((step + 1) % config.log_every == 0 or step == config.max_steps - 1):
+            log.log(step + 1, metrics)
+        if main and config.sample_every and (step + 1) % config.sample_every == 0:
+            write_samples(run_dir, step + 1, rollout.images, per_image, rewards, info)  # the main process's share
         if (step + 1) % config.save_every == 0 and step + 1 < config.max_steps:
-            save(run_dir, step + 1, model, optimizer, config)
+            if main:
+                save(run_dir, step + 1, model, optimizer, config)
+            processes.barrier()
     # step-<n> for resuming, final for loading: one write, two names.
-    final = link_checkpoint(save(run_dir, config.max_steps, model, optimizer, config), "final")
-    log.close()
+    final = run_dir / "checkpoints" / "final"
+    if main:
+        final = link_checkpoint(save(run_dir, config.max_steps, model, optimizer, config), "final")
+        log.close()
+    processes.barrier()
     return final
