@@ -134,6 +134,15 @@ def test_three_steps_on_each_backend(tmp_path, backend):
     assert any(not torch.equal(before[n], p) for n, p in reloaded.trainable_parameters())
 
 
+def test_bf16_autocast_steps_are_finite(tmp_path):
+    config = tiny_config(tmp_path, "janus-tiny", max_steps=2, sample_every=0, bf16=True)
+    run = tmp_path / "run"
+    prepare_run_dir(run, config, resume=False)
+    train(config, run)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(math.isfinite(r["loss"]) and r["skipped"] == 0 for r in rows)
+
+
 def test_resume_ends_with_the_same_weights(tmp_path):
     whole = tmp_path / "whole"
     config = tiny_config(tmp_path, "janus-tiny", max_steps=4, save_every=2, sample_every=0)

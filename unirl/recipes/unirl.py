@@ -94,6 +94,9 @@ class Config(RunConfig):
     lora_dropout: float = 0.0
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "dense"])
     """Linear layers that get adapters, by last name (Llama: q/k/v/o_proj; Phi: q/k/v_proj, dense)."""
+    bf16: bool = False
+    """Autocast forward passes to bfloat16 while weights and optimiser state stay in `dtype`
+    (with dtype: float32, the usual mixed precision on GPU; on CPU it works but is slow)."""
     max_bad_steps: int = 3
     """Stop after this many steps in a row with a non-finite reward or loss (each is skipped)."""
     sample_every: int = 10
@@ -170,6 +173,10 @@ def save(run_dir: Path, step: int, model: UnifiedModel, optimizer: torch.optim.O
         return save_checkpoint(run_dir, step, model, optimizer, tensors={ADAPTER_FILE: adapters})
 
 
+def autocast(config: Config, model: UnifiedModel) -> torch.autocast:
+    return torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=config.bf16)
+
+
 def learning_rate(config: Config, step: int) -> float:
     """Linear warmup, then constant (UniRL and OSPO train for a few hundred steps at a fixed LR)."""
     return config.learning_rate * min(1.0, (step + 1) / max(1, config.warmup_steps))
@@ -240,8 +247,9 @@ def learn(model: UnifiedModel, params: list[torch.nn.Parameter], optimizer: torc
     for _ in range(config.num_iterations):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
-        logprobs = model.image_token_logprobs(rollout.prompts, rollout.tokens, guidance=guidance,
-                                              temperature=config.temperature, rollout=rollout)
+        with autocast(config, model):
+            logprobs = model.image_token_logprobs(rollout.prompts, rollout.tokens, guidance=guidance,
+                                                  temperature=config.temperature, rollout=rollout)
         loss_grpo, stats = grpo_loss(logprobs, rollout.logprobs.to(logprobs.device), advantages,
                                      ref_logprobs=ref_logprobs, beta=config.beta,
                                      eps_low=config.epsilon_low, eps_high=config.epsilon_high)
@@ -254,8 +262,10 @@ def learn(model: UnifiedModel, params: list[torch.nn.Parameter], optimizer: torc
             loss = loss + config.gen_sft_weight * loss_gen
             parts["loss/gen_sft"] = loss_gen.detach()
         if config.und_sft_weight and n_questions:
-            loss_und = -model.answer_logprobs(rollout.images[owner], questions, answers).sum() * world / n_questions \
-                if questions else logprobs.new_zeros(())
+            with autocast(config, model):
+                answer_logprobs = model.answer_logprobs(rollout.images[owner], questions, answers) \
+                    if questions else logprobs.new_zeros(1)
+            loss_und = -answer_logprobs.float().sum() * world / n_questions
             loss = loss + config.und_sft_weight * loss_und
             parts["loss/und_sft"] = loss_und.detach()
         if processes.sum(torch.isfinite(loss.detach()).float()) < world:
@@ -308,12 +318,14 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
         specs = processes.shard(draw_prompts(suite.specs, config, step), "prompts_per_step")
         per_image = [s for s in specs for _ in range(config.group_size)]
         # 1. Rollout: G images per prompt, with the log-probs they were drawn with.
-        rollout = model.generate_images([s["prompt"] for s in specs], num_per_prompt=config.group_size,
-                                        guidance=guidance, temperature=config.temperature,
-                                        seed=config.seed * 1_000_003 + step + 7_777_777 * processes.rank)
+        with autocast(config, model):
+            rollout = model.generate_images([s["prompt"] for s in specs], num_per_prompt=config.group_size,
+                                            guidance=guidance, temperature=config.temperature,
+                                            seed=config.seed * 1_000_003 + step + 7_777_777 * processes.rank)
         t1 = time.time()
         # 2. Judge.
-        rewards, info = judge(rollout.images, per_image)
+        with autocast(config, model):
+            rewards, info = judge(rollout.images, per_image)
         rewards = rewards.float().to(model.device)
         advantages = group_advantages(rewards, config.group_size, scale_std=config.scale_rewards)
         accepted = rewards >= config.accept_threshold
@@ -322,8 +334,10 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
         finite = bool(processes.sum(torch.isfinite(rewards).all().float()) == processes.world)
         metrics: dict[str, float] = {}
         if finite:
+            with autocast(config, model):
+                ref_logprobs = reference_logprobs(rollout, guidance)
             finite, metrics = learn(model, params, optimizer, rollout, advantages, accepted, per_image,
-                                    reference_logprobs(rollout, guidance), guidance, config, step, processes)
+                                    ref_logprobs, guidance, config, step, processes)
         bad_steps = 0 if finite else bad_steps + 1
         if bad_steps >= config.max_bad_steps:
             raise UnirlError(f"step {step}: reward or loss not finite for {bad_steps} steps in a row "
