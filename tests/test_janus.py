@@ -50,3 +50,16 @@ def test_understanding_uses_the_image(tiny_janus):
     p_black, _ = m.yes_no(black, ["Is it white?"])
     p_white, _ = m.yes_no(white, ["Is it white?"])
     assert not torch.allclose(p_black, p_white)
+
+
+def test_a_one_turn_conversation_is_answer_logprobs(tiny_janus):
+    m = tiny_janus
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    questions, answers = ["What shape is this?", "How many stars are there?"], ["circle", "three"]
+    single = m.answer_logprobs(images, questions, answers)
+    one_turn, tokens = m.conversation_logprobs(images, [[(q, a)] for q, a in zip(questions, answers)])
+    torch.testing.assert_close(one_turn, single, rtol=1e-5, atol=1e-5)
+    counts = [len(m.tokenizer(" " + a, add_special_tokens=False)["input_ids"]) + 1 for a in answers]
+    assert tokens.tolist() == counts
+    two_turns, tokens = m.conversation_logprobs(images, [[(q, a), (q, a)] for q, a in zip(questions, answers)])
+    assert tokens.tolist() == [2 * c for c in counts] and not torch.allclose(two_turns, 2 * single)

@@ -1,45 +1,80 @@
-"""`make demo`: the main job on the best model that exists, end to end, in about a minute on a CPU.
+"""`make demo`: UniRL on the shipped toy model, judged before and after on held-out prompts.
 
-Until the toy model and the UniRL recipe land, this generates images for a few prompts and lets
-the model judge them itself with yes/no questions (the self-VQA signal UniRL trains on)."""
+1. before: GenEval on shapes:heldout (4 samples per prompt, the exact shapes detector) and
+   understanding accuracy on held-out scenes;
+2. train configs/unirl/toy_grpo.yaml (the model rewards itself with its own yes/no answers;
+   held-out prompts are never trained on);
+3. after: the same two evaluations of RUN/checkpoints/final, and a before/after table.
+
+Re-running continues an interrupted run and reuses finished evaluations. Without the shipped toy
+model (assets/toy-janus) it runs the same steps on the random-init janus-tiny, a smoke test only.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
-from evaluators.geneval.layout import write_prompt_folder
-from unirl.atomic import atomic_dir
-from unirl.models import TOY_MODEL_DIR, load_model
-from unirl.specs import free_text_spec
+from unirl.models import TOY_MODEL_DIR
 
-PROMPTS = ["a photo of a red circle", "a photo of two blue stars", "a photo of a green square left of a heart"]
-QUESTIONS = ["Is there a red circle?", "Are there exactly two blue stars?", "Is the green square left of the heart?"]
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "unirl" / "toy_grpo.yaml"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def evaluate(model_spec: str, out: Path, seed: int) -> dict[str, Any]:
+    """GenEval (held-out prompts, exact detector) and understanding (held-out scenes) of a model."""
+    from evaluators.geneval.run import run_geneval
+    from evaluators.understanding import run_understanding
+    from unirl.models import load_model
+
+    if not (out / "geneval" / "summary.json").is_file():
+        run_geneval(model=model_spec, prompts="shapes:heldout", detector="shapes", out=out / "geneval", samples=4,
+                    seed=seed, overwrite=True)
+    if not (out / "understanding" / "summary.json").is_file():
+        run_understanding(load_model(model_spec), out / "understanding", split="heldout", overwrite=True)
+    geneval = json.loads((out / "geneval" / "summary.json").read_text())
+    understanding = json.loads((out / "understanding" / "summary.json").read_text())
+    return {"geneval": geneval["overall"], "geneval_tags": geneval["per_tag"],
+            "understanding": understanding["accuracy"]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from unirl.config import from_dict, read_yaml
+    from unirl.engine.run import prepare_run_dir
+    from unirl.recipes.unirl import Config, train
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/demo")
-    parser.add_argument("--samples", type=int, default=4)
-    args = parser.parse_args()
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-steps", type=int, default=None)
+    args = parser.parse_args(argv)
     out = Path(args.out)
     model_spec = "toy" if TOY_MODEL_DIR.is_dir() else "janus-tiny"
-    print(f"model: {model_spec}")
-    model = load_model(model_spec, seed=0)
-    rollout = model.generate_images(PROMPTS, num_per_prompt=args.samples, guidance=model.default_guidance, seed=0)
-    with atomic_dir(out / "samples", overwrite=True) as tmp:
-        for i, prompt in enumerate(PROMPTS):
-            write_prompt_folder(tmp, i, free_text_spec(prompt), rollout.images[i * args.samples:(i + 1) * args.samples])
-    questions = [q for q in QUESTIONS for _ in range(args.samples)]
-    p_yes, p_no = model.yes_no(rollout.images, questions)
-    reward = (p_yes - p_no).detach().view(len(PROMPTS), args.samples)
-    rows = [{"prompt": p, "question": q, "self_vqa_reward": [round(v, 4) for v in r.tolist()]}
-            for p, q, r in zip(PROMPTS, QUESTIONS, reward)]
-    (out / "demo.json").write_text(json.dumps({"model": model_spec, "results": rows}, indent=1) + "\n")
-    for row in rows:
-        print(f"{row['prompt']:<45} {row['question']:<40} p_yes-p_no: {row['self_vqa_reward']}")
-    print(f"images in {out / 'samples'} (GenEval layout); judgements in {out / 'demo.json'}")
+    print(f"model: {model_spec}" + ("" if model_spec == "toy" else " (the toy model is not shipped: a smoke test)"))
+
+    data = read_yaml(CONFIG) | {"model": model_spec, "seed": args.seed}
+    if args.max_steps is not None:
+        data["max_steps"] = args.max_steps
+    config = from_dict(Config, data, source=str(CONFIG))
+    before = evaluate(model_spec, out / "before", args.seed)
+    run = out / "run"
+    final = run / "checkpoints" / "final"
+    if not final.is_dir():
+        train(config, run, prepare_run_dir(run, config, resume=False))
+    after = evaluate(str(final), out / "after", args.seed)
+
+    rows = [("GenEval overall (held-out)", "geneval")] + \
+        [(f"  {tag}", tag) for tag in before["geneval_tags"]] + [("understanding (held-out)", "understanding")]
+    print(f"\n{'':<28}{'before':>8}{'after':>8}{'change':>8}")
+    for label, key in rows:
+        b = before.get(key, before["geneval_tags"].get(key))
+        a = after.get(key, after["geneval_tags"].get(key))
+        print(f"{label:<28}{b:>8.3f}{a:>8.3f}{a - b:>+8.3f}")
+    (out / "demo.json").write_text(json.dumps({"model": model_spec, "config": str(CONFIG), "seed": args.seed,
+                                               "steps": config.max_steps, "before": before, "after": after},
+                                              indent=1) + "\n")
+    print(f"\nrun in {run}; before/after in {out / 'demo.json'}")
 
 
 if __name__ == "__main__":

@@ -238,9 +238,9 @@ class JanusModel(UnifiedModel):
                                    antialias=True, align_corners=False).clamp(0, 1)
         return ((images - self.image_mean) / self.image_std).to(self.dtype)
 
-    def _understanding_batch(self, images: Images, questions: list[str], answers: list[str] | None = None,
-                             eos: bool = False) -> tuple[dict, list[int]]:
-        """Model inputs for N (images, question[, answer]) samples; also each answer's token count."""
+    @staticmethod
+    def _image_batch(images: Images, samples: int) -> tuple[torch.Tensor, list[int]]:
+        """All pixels in one tensor, and how many images each of `samples` samples has."""
         if isinstance(images, torch.Tensor):
             if images.dim() != 4 or images.shape[1] != 3:
                 raise UnirlError(f"images: expected a tensor [N,3,H,W], got shape {tuple(images.shape)}")
@@ -249,8 +249,14 @@ class JanusModel(UnifiedModel):
         else:
             per_sample = [img.shape[0] for img in images]
             pixels = torch.cat(list(images)) if images else torch.empty(0, 3, 1, 1)
-        if len(per_sample) != len(questions):
-            raise UnirlError(f"understanding: {len(per_sample)} image samples for {len(questions)} questions")
+        if len(per_sample) != samples:
+            raise UnirlError(f"understanding: {len(per_sample)} image samples for {samples} questions")
+        return pixels, per_sample
+
+    def _understanding_batch(self, images: Images, questions: list[str], answers: list[str] | None = None,
+                             eos: bool = False) -> tuple[dict, list[int]]:
+        """Model inputs for N (images, question[, answer]) samples; also each answer's token count."""
+        pixels, per_sample = self._image_batch(images, len(questions))
         prompt_rows = self.tokenizer([self.understanding_text(q, k) for q, k in zip(questions, per_sample)],
                                      add_special_tokens=True)["input_ids"]
         answer_lengths = []
@@ -303,6 +309,35 @@ class JanusModel(UnifiedModel):
         starts = width - torch.tensor(lengths, device=self.device)[:, None]
         span = torch.arange(width, device=self.device)[None] >= starts
         return (logprobs * span).sum(-1)
+
+    def conversation_logprobs(self, images: Images, conversations: list[list[tuple[str, str]]]
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Several questions about one image in one sequence (the first asked as `answer_logprobs`
+        asks it, each later one as the next user turn after the previous answer): the sum of
+        log p(answer tokens + EOS) over all answers, and how many tokens that sums. [N], [N]
+        Training on conversations reads each image once for many answers."""
+        pixels, per_sample = self._image_batch(images, len(conversations))
+        rows, targets = [], []
+        for turns, images_here in zip(conversations, per_sample):
+            ids: list[int] = []
+            target: list[bool] = []
+            for k, (question, answer) in enumerate(turns):
+                text = self.understanding_text(question, images_here) if k == 0 else \
+                    f"{USER}: {question}\n\n{ASSISTANT}:"
+                prompt = self.tokenizer(text, add_special_tokens=k == 0)["input_ids"]
+                reply = self.tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [self.eos_id]
+                ids += prompt + reply
+                target += [False] * len(prompt) + [True] * len(reply)
+            rows.append(ids)
+            targets.append(target)
+        ids, mask = self._left_pad(rows)
+        is_target, _ = self._left_pad([[int(t) for t in row] for row in targets])
+        is_target = (is_target == 1) & (mask == 1)
+        logits, _ = self._lm_logits(dict(input_ids=ids, attention_mask=mask, position_ids=self._positions(mask),
+                                         pixel_values=self.preprocess_images(pixels)))
+        logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        counted = is_target[:, 1:]
+        return (logprobs * counted).sum(-1), counted.sum(-1)
 
     def yes_no(self, images: Images, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """p(yes), p(no) from the next-token distribution after the question. [N], [N]"""
