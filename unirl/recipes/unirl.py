@@ -54,6 +54,8 @@ class Config(RunConfig):
     prompts: str = "shapes:train"
     """Prompt suite to train on: a suite name (shapes:train, geneval) or a .jsonl / .txt file."""
     prompts_per_step: int = 4
+    balance_tags: bool = True
+    """Draw each prompt's tag uniformly, then a prompt of that tag; False: uniformly over prompts."""
     group_size: int = 8
     """Images per prompt: the group whose rewards are normalised together (TRL: num_generations)."""
     guidance: float | None = None
@@ -183,9 +185,18 @@ def learning_rate(config: Config, step: int) -> float:
 
 
 def draw_prompts(specs: list[Spec], config: Config, step: int) -> list[Spec]:
+    """The step's prompts, seeded by (seed, step). With `balance_tags`, each is drawn from a tag
+    drawn uniformly (GenEval's overall is a mean over tags, and suites are rarely balanced:
+    shapes:train is 94% color_attr), then uniformly within the tag."""
     rng = np.random.default_rng([config.seed, step])
     n = config.prompts_per_step
-    return [specs[i] for i in rng.choice(len(specs), size=n, replace=len(specs) < n)]
+    if not config.balance_tags:
+        return [specs[i] for i in rng.choice(len(specs), size=n, replace=len(specs) < n)]
+    by_tag: dict[str, list[Spec]] = {}
+    for spec in specs:
+        by_tag.setdefault(str(spec.get("tag", "")), []).append(spec)
+    groups = list(by_tag.values())
+    return [group[rng.integers(len(group))] for group in (groups[i] for i in rng.integers(len(groups), size=n))]
 
 
 def understanding_targets(specs: list[Spec], accepted: torch.Tensor, thing: str
