@@ -40,7 +40,7 @@ def evaluate(model_spec: str, out: Path, seed: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from unirl.config import from_dict, read_yaml
+    from unirl.config import apply_overrides, from_dict, read_yaml
     from unirl.engine.run import prepare_run_dir
     from unirl.recipes.unirl import Config, train
 
@@ -48,15 +48,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/demo")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--config", default=str(CONFIG), help="a unirl recipe config (default: toy_grpo.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as for `unirl train`")
     args = parser.parse_args(argv)
     out = Path(args.out)
     model_spec = "toy" if TOY_MODEL_DIR.is_dir() else "janus-tiny"
     print(f"model: {model_spec}" + ("" if model_spec == "toy" else " (the toy model is not shipped: a smoke test)"))
 
-    data = read_yaml(CONFIG) | {"model": model_spec, "seed": args.seed}
+    data = apply_overrides(read_yaml(args.config) | {"model": model_spec, "seed": args.seed}, args.overrides)
     if args.max_steps is not None:
         data["max_steps"] = args.max_steps
-    config = from_dict(Config, data, source=str(CONFIG))
+    config = from_dict(Config, data, source=args.config)
     before = evaluate(model_spec, out / "before", args.seed)
     run = out / "run"
     final = run / "checkpoints" / "final"
@@ -71,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
         b = before.get(key, before["geneval_tags"].get(key))
         a = after.get(key, after["geneval_tags"].get(key))
         print(f"{label:<28}{b:>8.3f}{a:>8.3f}{a - b:>+8.3f}")
-    (out / "demo.json").write_text(json.dumps({"model": model_spec, "config": str(CONFIG), "seed": args.seed,
+    (out / "demo.json").write_text(json.dumps({"model": model_spec, "config": args.config,
+                                               "overrides": args.overrides, "seed": args.seed,
                                                "steps": config.max_steps, "before": before, "after": after},
                                               indent=1) + "\n")
     print(f"\nrun in {run}; before/after in {out / 'demo.json'}")
