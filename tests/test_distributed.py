@@ -1,5 +1,6 @@
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,15 @@ LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--
           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
+def free_port() -> str:
+    with socket.socket() as s:  # a port nothing listens on, so parallel launches do not collide
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
 def run(cmd: list[str]) -> None:
+    if cmd[:len(LAUNCH)] == LAUNCH:
+        cmd = [*LAUNCH, "--main_process_port", free_port(), *cmd[len(LAUNCH):]]
     env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -44,6 +44,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         resume_from = prepare_run_dir(out, config, resume=args.resume)
     try:
         recipe.train(config, out, resume_from, processes=processes)
+        processes.close()
     except BaseException:
         # A run that failed before its first step (a missing model, a bad prompt file) leaves nothing behind.
         if processes.is_main and fresh and not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists():

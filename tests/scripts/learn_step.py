@@ -34,3 +34,4 @@ assert finite and "loss/und_sft" in metrics and "loss/gen_sft" in metrics, metri
 if processes.is_main:
     save_file({name: p.detach().contiguous() for name, p in model.module.named_parameters() if p.requires_grad},
               sys.argv[1])
+processes.close()
