@@ -253,23 +253,14 @@ class JanusModel(UnifiedModel):
             raise UnirlError(f"understanding: {len(per_sample)} image samples for {samples} questions")
         return pixels, per_sample
 
-    def _understanding_batch(self, images: Images, questions: list[str], answers: list[str] | None = None,
-                             eos: bool = False) -> tuple[dict, list[int]]:
-        """Model inputs for N (images, question[, answer]) samples; also each answer's token count."""
+    def _understanding_batch(self, images: Images, questions: list[str]) -> dict:
+        """Model inputs for N (images, question) samples, left-padded, ready for the answer."""
         pixels, per_sample = self._image_batch(images, len(questions))
-        prompt_rows = self.tokenizer([self.understanding_text(q, k) for q, k in zip(questions, per_sample)],
-                                     add_special_tokens=True)["input_ids"]
-        answer_lengths = []
-        if answers is not None:
-            answer_rows = self.tokenizer([" " + a for a in answers], add_special_tokens=False)["input_ids"]
-            if eos:
-                answer_rows = [r + [self.eos_id] for r in answer_rows]
-            prompt_rows = [p + a for p, a in zip(prompt_rows, answer_rows)]
-            answer_lengths = [len(a) for a in answer_rows]
-        ids, mask = self._left_pad(prompt_rows)
-        inputs = dict(input_ids=ids, attention_mask=mask, position_ids=self._positions(mask),
-                      pixel_values=self.preprocess_images(pixels))
-        return inputs, answer_lengths
+        rows = self.tokenizer([self.understanding_text(q, k) for q, k in zip(questions, per_sample)],
+                              add_special_tokens=True)["input_ids"]
+        ids, mask = self._left_pad(rows)
+        return dict(input_ids=ids, attention_mask=mask, position_ids=self._positions(mask),
+                    pixel_values=self.preprocess_images(pixels))
 
     def _lm_logits(self, inputs: dict, **kwargs) -> tuple[torch.Tensor, object]:
         out = self.module.model(**inputs, **kwargs)
@@ -278,7 +269,7 @@ class JanusModel(UnifiedModel):
     @torch.no_grad()
     def answer(self, images: Images, questions: list[str], max_new_tokens: int = 32) -> list[str]:
         """Greedy answers, batched, with a KV cache."""
-        inputs, _ = self._understanding_batch(images, questions)
+        inputs = self._understanding_batch(images, questions)
         logits, cache = self._lm_logits(inputs, use_cache=True)
         mask, position = inputs["attention_mask"], inputs["position_ids"][:, -1:]
         done = torch.zeros(len(questions), dtype=torch.bool, device=self.device)
@@ -297,23 +288,14 @@ class JanusModel(UnifiedModel):
         rows = torch.stack(generated, dim=1).tolist()
         return [self.tokenizer.decode(r, skip_special_tokens=True).strip() for r in rows]
 
-    def answer_logprobs(self, images: Images, questions: list[str], answers: list[str],
-                        eos: bool = True) -> torch.Tensor:
-        """Sum of log p(answer tokens [+ EOS]) given image and question; differentiable. [N]"""
-        inputs, lengths = self._understanding_batch(images, questions, answers, eos=eos)
-        logits, _ = self._lm_logits(inputs)
-        ids = inputs["input_ids"]
-        logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        # Left padding puts every answer at the end of its row.
-        width = logprobs.shape[1]
-        starts = width - torch.tensor(lengths, device=self.device)[:, None]
-        span = torch.arange(width, device=self.device)[None] >= starts
-        return (logprobs * span).sum(-1)
+    def answer_logprobs(self, images: Images, questions: list[str], answers: list[str]) -> torch.Tensor:
+        """Sum of log p(answer tokens + EOS) given image and question; differentiable. [N]"""
+        return self.conversation_logprobs(images, [[(q, a)] for q, a in zip(questions, answers)])[0]
 
     def conversation_logprobs(self, images: Images, conversations: list[list[tuple[str, str]]]
                               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Several questions about one image in one sequence (the first asked as `answer_logprobs`
-        asks it, each later one as the next user turn after the previous answer): the sum of
+        """Several questions about one image in one sequence (the first asked as `answer` asks
+        it, each later one as the next user turn after the previous answer): the sum of
         log p(answer tokens + EOS) over all answers, and how many tokens that sums. [N], [N]
         Training on conversations reads each image once for many answers."""
         pixels, per_sample = self._image_batch(images, len(conversations))
@@ -331,8 +313,9 @@ class JanusModel(UnifiedModel):
             rows.append(ids)
             targets.append(target)
         ids, mask = self._left_pad(rows)
-        is_target, _ = self._left_pad([[int(t) for t in row] for row in targets])
-        is_target = (is_target == 1) & (mask == 1)
+        is_target = torch.zeros_like(mask, dtype=torch.bool)
+        for i, target in enumerate(targets):  # left-padded like the ids
+            is_target[i, mask.shape[1] - len(target):] = torch.tensor(target)
         logits, _ = self._lm_logits(dict(input_ids=ids, attention_mask=mask, position_ids=self._positions(mask),
                                          pixel_values=self.preprocess_images(pixels)))
         logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
@@ -341,7 +324,7 @@ class JanusModel(UnifiedModel):
 
     def yes_no(self, images: Images, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """p(yes), p(no) from the next-token distribution after the question. [N], [N]"""
-        inputs, _ = self._understanding_batch(images, questions)
+        inputs = self._understanding_batch(images, questions)
         out = self.module.model(**inputs)
         probs = torch.softmax(self.module.lm_head(out.last_hidden_state[:, -1]).float(), dim=-1)
         return probs[:, self.yes_ids].sum(-1), probs[:, self.no_ids].sum(-1)

@@ -251,9 +251,11 @@ def learn(model: UnifiedModel, params: list[torch.nn.Parameter], optimizer: torc
     update on the whole batch. Returns (finite, metrics); a non-finite loss on any process skips
     the step on all of them."""
     world = processes.world
-    n_accepted = int(processes.sum(accepted.sum()))
-    owner, questions, answers = understanding_targets(specs, accepted, config.self_qa_thing)
-    n_questions = int(processes.sum(torch.tensor(len(questions))))
+    n_accepted = int(processes.sum(accepted.sum())) if config.gen_sft_weight else 0
+    n_questions = 0
+    if config.und_sft_weight:
+        owner, questions, answers = understanding_targets(specs, accepted, config.self_qa_thing)
+        n_questions = int(processes.sum(torch.tensor(len(questions))))
     metrics: dict[str, float] = {}
     for _ in range(config.num_iterations):
         for group in optimizer.param_groups:
