@@ -1,7 +1,8 @@
+import numpy as np
 import pytest
 
 from unirl.errors import UnirlError
-from unirl.specs import read_prompt_file, validate_spec
+from unirl.specs import draw_tag_balanced, read_prompt_file, validate_spec
 
 
 def test_reads_jsonl_and_text(tmp_path):
@@ -46,3 +47,12 @@ def test_validate_spec_ok():
     spec = {"tag": "counting", "include": [{"class": "cat", "count": 2}], "exclude": [{"class": "cat", "count": 3}],
             "prompt": "a photo of two cats"}
     assert validate_spec(spec) is spec
+
+
+def test_draw_tag_balanced_evens_out_an_unbalanced_suite():
+    specs = [{"tag": "common", "include": [], "prompt": f"p{i}"} for i in range(95)]
+    specs += [{"tag": "rare", "include": [], "prompt": f"r{i}"} for i in range(5)]
+    drawn = draw_tag_balanced(specs, 2000, np.random.default_rng(0))
+    rare = sum(s["tag"] == "rare" for s in drawn) / len(drawn)
+    assert 0.45 < rare < 0.55  # drawn by spec it would be 0.05
+    assert {s["prompt"] for s in drawn if s["tag"] == "rare"} == {f"r{i}" for i in range(5)}

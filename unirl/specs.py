@@ -102,6 +102,21 @@ def specs_sha256(specs: list[Spec]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def draw_tag_balanced(specs: list[Spec], n: int, rng: np.random.Generator) -> list[Spec]:
+    """n specs, each from a tag drawn uniformly, then uniformly within the tag. GenEval's overall
+    is a mean over tags and suites are rarely balanced (shapes:train is 94% color_attr), so
+    drawing by spec would train and choose settings on one tag."""
+    by_tag: dict[str, list[Spec]] = {}
+    for spec in specs:
+        by_tag.setdefault(str(spec.get("tag", "")), []).append(spec)
+    groups = list(by_tag.values())
+    drawn = []
+    for _ in range(n):
+        group = groups[rng.integers(len(groups))]
+        drawn.append(group[rng.integers(len(group))])
+    return drawn
+
+
 def relative_position(box_a: Sequence[float], box_b: Sequence[float],
                       position_threshold: float = POSITION_THRESHOLD) -> set[str]:
     """Relations of A to B. The centre offset is shrunk by position_threshold·(size A + size B)

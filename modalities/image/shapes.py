@@ -29,6 +29,7 @@ from unirl.specs import (
     RELATIONS,
     Spec,
     count_question,
+    draw_tag_balanced,
     exists_question,
     plural,
     prompt_text,
@@ -210,13 +211,7 @@ def split_specs(split: str, seed: int = 0) -> list[Spec]:
 def sample_scenes(specs: list[Spec], n: int, seed: int, size: int = IMAGE_SIZE) -> list[Scene]:
     """n scenes, each for a spec drawn uniformly over tags, then uniformly within the tag."""
     rng = np.random.default_rng(seed)
-    by_tag = {t: [s for s in specs if s["tag"] == t] for t in TAGS}
-    tags = [t for t in TAGS if by_tag[t]]
-    scenes = []
-    for _ in range(n):
-        pool = by_tag[tags[rng.integers(len(tags))]]
-        scenes.append(scene_for_spec(pool[rng.integers(len(pool))], rng, size))
-    return scenes
+    return [scene_for_spec(spec, rng, size) for spec in draw_tag_balanced(specs, n, rng)]
 
 
 # ----------------------------------------------------------------------------- questions

@@ -54,6 +54,7 @@ from unirl.errors import UnirlError
 from unirl.models.janus import JanusModel, tiny_janus_config
 from unirl.models.tokenizer import build_byte_bpe_tokenizer
 from unirl.progress import progress
+from unirl.specs import draw_tag_balanced
 
 
 @dataclass
@@ -358,14 +359,14 @@ def train_lm(model: JanusModel, config: PretrainToyConfig, log: MetricsLogger, v
 # ----------------------------------------------------------------------------- stage 4: guidance
 def choose_guidance(model: JanusModel, config: PretrainToyConfig, log: MetricsLogger) -> float:
     """Pick the classifier-free guidance the toy is sampled with by default, by GenEval (exact
-    detector) on train-split prompts, never held-out ones; stored as generation_config.guidance_scale.
-    Why not Janus-Pro's 5: the toy's tables are mostly empty, and strong guidance pushes away from
-    the unconditional count, so single-object prompts come out empty."""
+    detector) on train-split prompts drawn tag-balanced, never held-out ones; stored as
+    generation_config.guidance_scale. Why not Janus-Pro's 5: the toy's tables are mostly empty,
+    and strong guidance pushes away from the unconditional count, so single-object prompts come
+    out empty."""
     from evaluators.geneval.detectors import load_detector
     from evaluators.geneval.evaluate import judge_batch
 
-    specs = split_specs("train")
-    specs = [specs[i] for i in np.random.default_rng(config.seed).permutation(len(specs))[:config.guidance_prompts]]
+    specs = draw_tag_balanced(split_specs("train"), config.guidance_prompts, np.random.default_rng(config.seed))
     detector, scores = load_detector("shapes"), {}
     for guidance in config.guidance_candidates:
         rollout = model.generate_images([s["prompt"] for s in specs], num_per_prompt=4, guidance=guidance,

@@ -41,7 +41,7 @@ from unirl.errors import UnirlError
 from unirl.models import ImageRollout, UnifiedModel, load_model
 from unirl.progress import progress
 from unirl.rewards.self_judges import SelfQAReward, SelfVQAReward, WeightedSum, flatten_per_image
-from unirl.specs import Spec, open_question, yes_no_questions
+from unirl.specs import Spec, draw_tag_balanced, open_question, yes_no_questions
 
 ADAPTER_FILE = "adapter.safetensors"
 
@@ -192,11 +192,7 @@ def draw_prompts(specs: list[Spec], config: Config, step: int) -> list[Spec]:
     n = config.prompts_per_step
     if not config.balance_tags:
         return [specs[i] for i in rng.choice(len(specs), size=n, replace=len(specs) < n)]
-    by_tag: dict[str, list[Spec]] = {}
-    for spec in specs:
-        by_tag.setdefault(str(spec.get("tag", "")), []).append(spec)
-    groups = list(by_tag.values())
-    return [group[rng.integers(len(group))] for group in (groups[i] for i in rng.integers(len(groups), size=n))]
+    return draw_tag_balanced(specs, n, rng)
 
 
 def understanding_targets(specs: list[Spec], accepted: torch.Tensor, thing: str
