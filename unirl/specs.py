@@ -187,6 +187,10 @@ def relation_question(name: str, relation: str, target: str) -> str:
     return f"Is the {name} {relation} the {target}?"
 
 
+def how_many_question(name: str) -> str:
+    return f"How many {plural(name)} are there?"
+
+
 def yes_no_questions(spec: Spec) -> list[str]:
     """The questions whose answer is "yes" exactly when an image satisfies the spec's include
     clauses: "Is there a red circle?", "Are there exactly three stars?", "Is the square left of
@@ -213,7 +217,7 @@ def open_question(spec: Spec, thing: str = "object") -> tuple[str, str] | None:
     if tag == "single_object":
         return f"What {thing} is this?", first["class"]
     if tag in ("counting", "two_object"):
-        return f"How many {plural(first['class'])} are there?", NUMBER_WORDS[first["count"]]
+        return how_many_question(first["class"]), NUMBER_WORDS[first["count"]]
     if tag in ("colors", "color_attr") and "color" in first:
         return f"What color is the {first['class']}?", first["color"]
     if tag == "position":

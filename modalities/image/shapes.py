@@ -31,7 +31,7 @@ from unirl.specs import (
     count_question,
     draw_tag_balanced,
     exists_question,
-    plural,
+    how_many_question,
     prompt_text,
     relation_question,
     relative_position,
@@ -239,7 +239,7 @@ def scene_questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str, s
             o = unique[rng.integers(len(unique))]
             out.append(("what", f"What shape is the {o.color} object?", o.shape))
     shape = str(rng.choice(list(counts)))
-    out.append(("count", f"How many {plural(shape)} are there?", NUMBER_WORDS[counts[shape]]))
+    out.append(("count", how_many_question(shape), NUMBER_WORDS[counts[shape]]))
     if single:
         o = single[rng.integers(len(single))]
         out.append(("color", f"What color is the {o.shape}?", o.color))
@@ -279,6 +279,16 @@ def scene_questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str, s
         else:
             out.append(("yes_no", relation_question(a.shape, OPPOSITE[rel], b.shape), "no"))
     return out
+
+
+def most_numerous_question(scene: Scene) -> tuple[str, str, str] | None:
+    """How many of the scene's most numerous shape, when there are several of it: `scene_questions`
+    asks about a shape at random, and 87% of those answers are "one"."""
+    counts: dict[str, int] = {}
+    for o in scene.objects:
+        counts[o.shape] = counts.get(o.shape, 0) + 1
+    shape = max(counts, key=counts.get)
+    return ("count", how_many_question(shape), NUMBER_WORDS[counts[shape]]) if counts[shape] > 1 else None
 
 
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
