@@ -3,6 +3,9 @@ import torch
 
 from modalities.image.jigsaw import cut_tiles, image_jigsaw, reassemble
 from modalities.image.shapes import render, sample_scenes, split_specs
+from modalities.video.io import read_video, write_video
+from modalities.video.jigsaw import clip_frame_indices, video_jigsaw
+from modalities.video.toy import toy_videos, write_toy_videos
 from unirl.errors import UnirlError
 
 
@@ -30,3 +33,40 @@ def test_bad_grids_are_one_clear_error():
         cut_tiles(torch.zeros(1, 3, 10, 10), 3, 3)
     with pytest.raises(UnirlError, match="at least 2 tiles"):
         cut_tiles(torch.zeros(1, 3, 10, 10), 1, 1)
+
+
+def test_video_answer_puts_the_clips_back_in_time_order(tmp_path):
+    paths = write_toy_videos(tmp_path, 3, frames=36, seed=0)
+    videos = torch.stack([read_video(p) for p in paths])  # real .mp4 files read back by decord
+    assert videos.shape == (3, 36, 3, 96, 96)
+    puzzle = video_jigsaw(videos, clips=4, trim=0.1, frames_per_clip=3, generator=torch.Generator().manual_seed(1))
+    assert puzzle.clips.shape == (3, 4, 3, 3, 96, 96)
+    index = clip_frame_indices(36, 4, 0.1, 3)
+    assert index[1:, 0].gt(index[:-1, -1] + 1).all()  # trimmed: a gap between neighbouring clips
+    in_time = puzzle.clips[torch.arange(3)[:, None], puzzle.answer - 1]  # [B,K,F,...] by the answer
+    assert torch.equal(in_time, videos[:, index])
+    assert not (puzzle.answer == torch.arange(1, 5)).all(dim=1).any()
+
+
+def test_toy_video_survives_the_file_round_trip_and_both_readers_agree(tmp_path):
+    frames = toy_videos(1, frames=12, seed=2)[0]
+    path = write_video(tmp_path / "v.mp4", frames)
+    by_decord, by_pyav = read_video(path, reader="decord"), read_video(path, reader="pyav")
+    assert torch.equal(by_decord, by_pyav)
+    assert (by_decord - frames).abs().mean() < 0.01  # H.264 at near-lossless quality
+    assert read_video(path, num_frames=4).shape == (4, 3, 96, 96)
+
+
+@pytest.mark.parametrize("reader", ["decord", "pyav"])
+def test_corrupt_or_missing_video_is_one_clear_error(tmp_path, reader):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 50)
+    with pytest.raises(UnirlError, match="broken.mp4: not a readable video"):
+        read_video(bad, reader=reader)
+    with pytest.raises(UnirlError, match="missing.mp4: video file not found"):
+        read_video(tmp_path / "missing.mp4", reader=reader)
+
+
+def test_too_short_video_names_the_problem():
+    with pytest.raises(UnirlError, match="too few"):
+        clip_frame_indices(10, clips=6, trim=0.1, frames_per_clip=4)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from modalities.permutation import shuffle_pieces
 from unirl.errors import UnirlError
 
 
@@ -39,25 +40,9 @@ def cut_tiles(images: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return images.reshape(b, c, rows, th, cols, tw).permute(0, 2, 4, 1, 3, 5).reshape(b, rows * cols, c, th, tw)
 
 
-def shuffle_tiles(tiles: torch.Tensor, generator: torch.Generator | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shuffle each sample's pieces ([B, k, ...]) with its own random permutation; returns the
-    shuffled pieces and the answer [B, k] (1-based): the shown label that belongs at each
-    original position, i.e. the inverse of the shuffle. Never the identity (k ≥ 2): an unshuffled
-    puzzle would reward copying "1, 2, 3 …"."""
-    b, k = tiles.shape[:2]
-    keys = torch.rand(b, k, generator=generator, device=generator.device if generator else "cpu").to(tiles.device)
-    shown = keys.argsort(dim=1)  # shown[b, j] = original position of the piece shown as label j+1
-    identity = (shown == torch.arange(k, device=tiles.device)).all(dim=1)
-    shown[identity] = shown[identity].roll(1, dims=1)  # a cyclic shift is never the identity
-    batch = torch.arange(b, device=tiles.device)[:, None]
-    answer = shown.argsort(dim=1) + 1
-    return tiles[batch, shown], answer
-
-
 def image_jigsaw(images: torch.Tensor, rows: int = 3, cols: int = 3,
                  generator: torch.Generator | None = None) -> Jigsaw:
-    tiles, answer = shuffle_tiles(cut_tiles(images, rows, cols), generator)
+    tiles, answer = shuffle_pieces(cut_tiles(images, rows, cols), generator)
     return Jigsaw(tiles, answer, rows, cols)
 
 
