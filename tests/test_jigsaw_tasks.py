@@ -1,8 +1,13 @@
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from modalities.depth.io import load_rgbd, rgbd_pairs, save_depth
+from modalities.depth.jigsaw import depth_jigsaw
+from modalities.image.io import to_uint8
 from modalities.image.jigsaw import cut_tiles, image_jigsaw, reassemble
-from modalities.image.shapes import render, sample_scenes, split_specs
+from modalities.image.shapes import render, render_depth, sample_scenes, split_specs
 from modalities.video.io import read_video, write_video
 from modalities.video.jigsaw import clip_frame_indices, video_jigsaw
 from modalities.video.toy import toy_videos, write_toy_videos
@@ -70,3 +75,39 @@ def test_corrupt_or_missing_video_is_one_clear_error(tmp_path, reader):
 def test_too_short_video_names_the_problem():
     with pytest.raises(UnirlError, match="too few"):
         clip_frame_indices(10, clips=6, trim=0.1, frames_per_clip=4)
+
+
+def test_depth_answer_orders_the_marked_points_nearest_first():
+    scenes = sample_scenes(split_specs("train"), 6, seed=4)
+    images, depth = render(scenes), render_depth(scenes)
+    puzzle = depth_jigsaw(images, depth, k=6, min_distance=14, min_depth_gap=0.1,
+                          generator=torch.Generator().manual_seed(0))
+    by_answer = puzzle.depths.gather(1, puzzle.answer - 1)
+    assert (by_answer[:, 1:] - by_answer[:, :-1] >= 0.1 - 1e-6).all()  # nearest first, gaps kept
+    gaps = (puzzle.points[:, :, None] - puzzle.points[:, None]).norm(dim=-1) + 1e3 * torch.eye(6)
+    assert (gaps >= 14).all()
+    ix, iy = puzzle.points[..., 0].long(), puzzle.points[..., 1].long()
+    assert torch.equal(depth[torch.arange(6)[:, None], iy, ix], puzzle.depths)
+    # Every marker is drawn (white disc, black digit) and the six digits differ.
+    patches = torch.stack([puzzle.images[0, :, y - 4:y + 4, x - 4:x + 4] for x, y in zip(ix[0], iy[0])])
+    assert (patches == 0).any() and (patches == 1).any()
+    assert len({p.flatten().tolist().__str__() for p in patches}) == 6
+
+
+def test_rgbd_folder_round_trip_and_clear_errors(tmp_path):
+    scenes = sample_scenes(split_specs("train"), 2, seed=5)
+    images, depth = render(scenes), render_depth(scenes)
+    (tmp_path / "color").mkdir()
+    for i in range(2):
+        Image.fromarray(to_uint8(images[i:i + 1])[0]).save(tmp_path / "color" / f"{i:06d}.png")
+        save_depth(tmp_path / "depth" / f"{i:06d}.png", depth[i])
+    pairs = rgbd_pairs(tmp_path)
+    assert [c.stem for c, _ in pairs] == ["000000", "000001"]
+    image, depth_map = load_rgbd(*pairs[1])
+    assert torch.allclose(depth_map, depth[1], atol=5e-4)  # millimetres
+    Image.fromarray(np.zeros((96, 96), dtype=np.uint8)).save(tmp_path / "depth" / "000001.png")
+    with pytest.raises(UnirlError, match="000001.png: expected a single-channel 16-bit depth PNG"):
+        load_rgbd(*pairs[1])
+    (tmp_path / "depth" / "000000.png").unlink()
+    with pytest.raises(UnirlError, match="000000.png: no depth map"):
+        rgbd_pairs(tmp_path)

@@ -91,28 +91,59 @@ def inside(shape_ids: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.T
     return by_shape.gather(0, shape_ids.view(1, -1, 1, 1).expand(1, *u.shape)).squeeze(0)
 
 
-def render(scenes: list[Scene], size: int = IMAGE_SIZE, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Scenes → float images [N,3,size,size] in [0,1], all objects of all scenes in one batch."""
-    device = torch.device(device)
+def _object_masks(scenes: list[Scene], size: int, device: torch.device
+                  ) -> tuple[list[SceneObject], torch.Tensor, torch.Tensor]:
+    """Every object of every scene, its scene index [K] and its pixel mask [K,size,size]."""
     objects = [(i, o) for i, s in enumerate(scenes) for o in s.objects]
-    images = torch.tensor(BACKGROUND, device=device).view(1, 3, 1, 1).repeat(len(scenes), 1, size, size)
+    scene_idx = torch.tensor([i for i, _ in objects], device=device, dtype=torch.long)
     if not objects:
-        return images
-    scene_idx = torch.tensor([i for i, _ in objects], device=device)
+        return [], scene_idx, torch.zeros(0, size, size, dtype=torch.bool, device=device)
     shape_ids = torch.tensor([SHAPES.index(o.shape) for _, o in objects], device=device)
-    colors = torch.tensor([PALETTE[o.color] for _, o in objects], device=device)  # [K,3]
     cx, cy, rad = (torch.tensor([getattr(o, a) for _, o in objects], device=device).view(-1, 1, 1)
                    for a in ("cx", "cy", "radius"))
     grid = torch.arange(size, device=device, dtype=torch.float32) + 0.5  # pixel centres
     u = (grid.view(1, 1, -1) - cx) / rad
     v = (grid.view(1, -1, 1) - cy) / rad
-    masks = inside(shape_ids, u.expand(-1, size, -1), v.expand(-1, -1, size))  # [K,H,W]
+    return [o for _, o in objects], scene_idx, inside(shape_ids, u.expand(-1, size, -1), v.expand(-1, -1, size))
+
+
+def render(scenes: list[Scene], size: int = IMAGE_SIZE, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Scenes → float images [N,3,size,size] in [0,1], all objects of all scenes in one batch."""
+    device = torch.device(device)
+    images = torch.tensor(BACKGROUND, device=device).view(1, 3, 1, 1).repeat(len(scenes), 1, size, size)
+    objects, scene_idx, masks = _object_masks(scenes, size, device)
+    if not objects:
+        return images
+    colors = torch.tensor([PALETTE[o.color] for o in objects], device=device)  # [K,3]
     # Objects never overlap, so painting order does not matter: sum each scene's coloured masks.
     paint = torch.zeros(len(scenes), 3, size, size, device=device)
     paint.index_add_(0, scene_idx, masks[:, None].float() * colors[:, :, None, None])
     covered = torch.zeros(len(scenes), 1, size, size, device=device)
     covered.index_add_(0, scene_idx, masks[:, None].float())
     return torch.where(covered > 0, paint, images)
+
+
+TABLE_DEPTH = (3.0, 1.0)  # metres at the top and the bottom row: the camera looks down the table
+
+
+def render_depth(scenes: list[Scene], size: int = IMAGE_SIZE, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Depth maps [N,size,size] in metres for `render`'s images: the table recedes linearly from
+    the bottom row (near) to the top (far), and each shape stands upright on it, at the depth of
+    the table where its base touches it."""
+    device = torch.device(device)
+    far, near = TABLE_DEPTH
+    rows = torch.arange(size, device=device, dtype=torch.float32) + 0.5
+    depth = (far + (near - far) * rows / size).view(1, size, 1).repeat(len(scenes), 1, size)
+    objects, scene_idx, masks = _object_masks(scenes, size, device)
+    if not objects:
+        return depth
+    base = torch.tensor([min(o.cy + o.radius, size) for o in objects], device=device)
+    object_depth = far + (near - far) * base / size  # [K]
+    stand = torch.zeros_like(depth)
+    stand.index_add_(0, scene_idx, masks.float() * object_depth.view(-1, 1, 1))
+    covered = torch.zeros_like(depth)
+    covered.index_add_(0, scene_idx, masks.float())
+    return torch.where(covered > 0, stand, depth)
 
 
 # ----------------------------------------------------------------------------- layouts
