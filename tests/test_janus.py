@@ -63,3 +63,21 @@ def test_a_one_turn_conversation_is_answer_logprobs(tiny_janus):
     assert tokens.tolist() == counts
     two_turns, tokens = m.conversation_logprobs(images, [[(q, a), (q, a)] for q, a in zip(questions, answers)])
     assert tokens.tolist() == [2 * c for c in counts] and not torch.allclose(two_turns, 2 * single)
+
+
+def test_sampled_answers_logprobs_match_teacher_forcing(tiny_janus):
+    """The rollout side of GRPO on answers: what was drawn, and its log-prob, are what a
+    teacher-forced pass over the same tokens gives (several images per sample, as jigsaw tiles)."""
+    m = tiny_janus
+    tiles = [torch.rand(k, 3, 32, 32, generator=torch.Generator().manual_seed(k)) for k in (4, 4, 2)]
+    questions = ["Order the tiles."] * 3
+    rollout = m.sample_answers(tiles, questions, temperature=1.0, seed=5, max_new_tokens=6)
+    assert rollout.tokens.shape == rollout.mask.shape == rollout.logprobs.shape
+    assert rollout.mask[:, 0].all() and rollout.mask.sum() > 3  # something was drawn
+    again = m.sample_answers(tiles, questions, temperature=1.0, seed=5, max_new_tokens=6)
+    assert torch.equal(again.tokens, rollout.tokens)
+    forced = m.answer_token_logprobs(tiles, questions, rollout.tokens, rollout.mask, temperature=1.0)
+    torch.testing.assert_close(forced, rollout.logprobs, rtol=1e-4, atol=1e-4)
+    assert forced.requires_grad
+    greedy = m.sample_answers(tiles, questions, temperature=0.0, max_new_tokens=6)
+    assert greedy.texts == m.answer(tiles, questions, max_new_tokens=6)

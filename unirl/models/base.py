@@ -26,6 +26,17 @@ class ImageRollout:
     extra: dict[str, Any] = field(default_factory=dict)  # backend-specific (e.g. Show-o's unmasking order)
 
 
+@dataclass
+class TextRollout:
+    """What `sample_answers` returns: N answers, one per (images, question) sample."""
+
+    texts: list[str]
+    tokens: torch.Tensor  # long [N,T]: the sampled ids, the EOS included, padding after it
+    mask: torch.Tensor  # bool [N,T]: the sampled tokens (answer and EOS)
+    logprobs: torch.Tensor  # float [N,T]: log-prob of each where it was drawn (at the temperature)
+    sampling: dict[str, Any] = field(default_factory=dict)
+
+
 class UnifiedModel(abc.ABC):
     """A model that generates images as discrete tokens and answers questions about images."""
 
@@ -48,6 +59,17 @@ class UnifiedModel(abc.ABC):
 
     @abc.abstractmethod
     def answer_logprobs(self, images: Images, questions: list[str], answers: list[str]) -> torch.Tensor: ...
+
+    def sample_answers(self, images: Images, questions: list[str], temperature: float = 1.0, seed: int = 0,
+                       max_new_tokens: int = 32) -> TextRollout:
+        """Answers sampled at `temperature` (0: greedy), with their token ids and log-probs: the
+        rollouts of GRPO on answers (Visual Jigsaw)."""
+        raise NotImplementedError(f"{self.backend}: sampled answers are not available for this backend yet")
+
+    def answer_token_logprobs(self, images: Images, questions: list[str], tokens: torch.Tensor, mask: torch.Tensor,
+                              temperature: float = 1.0) -> torch.Tensor:
+        """Log-probs [N,T] of given answer tokens (a `TextRollout`'s), teacher-forced; differentiable."""
+        raise NotImplementedError(f"{self.backend}: answer-token log-probs are not available for this backend yet")
 
     @abc.abstractmethod
     def yes_no(self, images: Images, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]: ...

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from transformers import JanusConfig, JanusForConditionalGeneration, JanusImageProcessor, JanusProcessor
 
 from unirl.errors import UnirlError
-from unirl.models.base import ImageRollout, Images, UnifiedModel, yes_no_token_ids
+from unirl.models.base import ImageRollout, Images, TextRollout, UnifiedModel, yes_no_token_ids
 from unirl.models.tokenizer import ASSISTANT, USER, build_byte_bpe_tokenizer
 
 MODEL_CARD = "unirl_model.json"  # marks a folder this toolkit saved; names the backend
@@ -266,18 +266,29 @@ class JanusModel(UnifiedModel):
         out = self.module.model(**inputs, **kwargs)
         return self.module.lm_head(out.last_hidden_state), out.cache
 
-    @torch.no_grad()
     def answer(self, images: Images, questions: list[str], max_new_tokens: int = 32) -> list[str]:
         """Greedy answers, batched, with a KV cache."""
+        return self.sample_answers(images, questions, temperature=0.0, max_new_tokens=max_new_tokens).texts
+
+    @torch.no_grad()
+    def sample_answers(self, images: Images, questions: list[str], temperature: float = 1.0, seed: int = 0,
+                       max_new_tokens: int = 32) -> TextRollout:
+        """Answers sampled at `temperature` (0: greedy), all samples in one batch with a KV cache;
+        the draw happens on the device, seeded."""
         inputs = self._understanding_batch(images, questions)
         logits, cache = self._lm_logits(inputs, use_cache=True)
         mask, position = inputs["attention_mask"], inputs["position_ids"][:, -1:]
+        generator = torch.Generator(device=self.device).manual_seed(seed)
         done = torch.zeros(len(questions), dtype=torch.bool, device=self.device)
-        generated = []
+        tokens, logprobs, sampled = [], [], []
         for _ in range(max_new_tokens):
-            token = logits[:, -1].argmax(-1)
+            step = torch.log_softmax(logits[:, -1].float() / max(temperature, 1e-5), dim=-1)
+            token = step.argmax(-1) if temperature <= 0 else \
+                torch.multinomial(step.exp(), 1, generator=generator).squeeze(1)
             token = torch.where(done, torch.full_like(token, self.pad_id), token)
-            generated.append(token)
+            tokens.append(token)
+            logprobs.append(step.gather(-1, token[:, None]).squeeze(1))
+            sampled.append(~done)
             done |= token == self.eos_id
             if bool(done.all()):
                 break
@@ -285,8 +296,32 @@ class JanusModel(UnifiedModel):
             position = position + 1
             logits, cache = self._lm_logits(dict(input_ids=token[:, None], attention_mask=mask,
                                                  position_ids=position), cache=cache, use_cache=True)
-        rows = torch.stack(generated, dim=1).tolist()
-        return [self.tokenizer.decode(r, skip_special_tokens=True).strip() for r in rows]
+        tokens, valid = torch.stack(tokens, dim=1), torch.stack(sampled, dim=1)
+        texts = [self.tokenizer.decode(r, skip_special_tokens=True).strip() for r in tokens.tolist()]
+        return TextRollout(texts, tokens, valid, torch.stack(logprobs, dim=1) * valid,
+                           sampling={"temperature": temperature, "seed": seed, "max_new_tokens": max_new_tokens})
+
+    def answer_token_logprobs(self, images: Images, questions: list[str], tokens: torch.Tensor, mask: torch.Tensor,
+                              temperature: float = 1.0) -> torch.Tensor:
+        """Log-probs [N,T] of given answer tokens after each question, teacher-forced, at the
+        temperature they were sampled at; 0 where `mask` is False. Differentiable."""
+        pixels, per_sample = self._image_batch(images, len(questions))
+        prompts = self.tokenizer([self.understanding_text(q, k) for q, k in zip(questions, per_sample)],
+                                 add_special_tokens=True)["input_ids"]
+        lengths = mask.sum(1).tolist()
+        answers = tokens.tolist()
+        ids, attention = self._left_pad([p + a[:n] for p, a, n in zip(prompts, answers, lengths)])
+        logits, _ = self._lm_logits(dict(input_ids=ids, attention_mask=attention,
+                                         position_ids=self._positions(attention),
+                                         pixel_values=self.preprocess_images(pixels)))
+        # Rows end together (left padding): answer token j of row i sits at width - n_i + j and is
+        # predicted one position earlier.
+        width = ids.shape[1]
+        n = mask.sum(1, keepdim=True).to(self.device)
+        at = (width - n + torch.arange(tokens.shape[1], device=self.device)).clamp(max=width - 1)
+        rows = torch.arange(len(questions), device=self.device)[:, None]
+        step = torch.log_softmax(logits[rows, at - 1].float() / max(temperature, 1e-5), dim=-1)  # [N,T,V]
+        return step.gather(-1, tokens.to(self.device)[..., None]).squeeze(-1) * mask.to(self.device)
 
     def answer_logprobs(self, images: Images, questions: list[str], answers: list[str]) -> torch.Tensor:
         """Sum of log p(answer tokens + EOS) given image and question; differentiable. [N]"""
