@@ -8,8 +8,9 @@ import torch
 from safetensors.torch import save_file
 
 from unirl.engine.distributed import init_processes
+from unirl.engine.policy import build_policy
 from unirl.models import ImageRollout
-from unirl.recipes.unirl import Config, build_policy, learn
+from unirl.recipes.unirl import Config, learn
 from unirl.specs import Spec
 
 torch.set_num_threads(1)

@@ -17,38 +17,32 @@ samples as an uninterrupted one.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from unirl.algorithms.grpo import group_advantages, grpo_loss
-from unirl.config import RunConfig
-from unirl.engine.checkpoint import link_checkpoint, load_training_state, save_checkpoint
+from unirl.engine.checkpoint import link_checkpoint, load_training_state
 from unirl.engine.distributed import ONE_PROCESS, Processes, init_processes
-from unirl.engine.lora import adapter_state, adapters_disabled, add_lora, load_adapter_state, merged_weights
 from unirl.engine.metrics import MetricsLogger
+from unirl.engine.policy import PolicyConfig, autocast, build_policy, learning_rate, save
 from unirl.errors import UnirlError
-from unirl.models import ImageRollout, UnifiedModel, load_model
+from unirl.models import ImageRollout, UnifiedModel
 from unirl.progress import progress
 from unirl.rewards.self_judges import SelfQAReward, SelfVQAReward, WeightedSum, flatten_per_image
 from unirl.specs import Spec, draw_tag_balanced, open_question, yes_no_questions
 
-ADAPTER_FILE = "adapter.safetensors"
-
 
 @dataclass
-class Config(RunConfig):
-    """UniRL's GRPO + SFT. Field names follow TRL's GRPOConfig where one exists."""
+class Config(PolicyConfig):
+    """UniRL's GRPO + SFT. Field names follow TRL's GRPOConfig where one exists; the policy,
+    optimiser, GRPO and LoRA fields are `PolicyConfig`'s."""
 
     recipe: str = "unirl"
     prompts: str = "shapes:train"
@@ -56,23 +50,8 @@ class Config(RunConfig):
     prompts_per_step: int = 4
     balance_tags: bool = True
     """Draw each prompt's tag uniformly, then a prompt of that tag; False: uniformly over prompts."""
-    group_size: int = 8
-    """Images per prompt: the group whose rewards are normalised together (TRL: num_generations)."""
     guidance: float | None = None
     """Classifier-free guidance of rollouts and of the log-probs trained on; None: the model's default."""
-    temperature: float = 1.0
-    learning_rate: float = 1e-5
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    max_grad_norm: float = 1.0
-    num_iterations: int = 1
-    """μ: optimiser passes over each rollout batch (the ratio departs from 1 after the first)."""
-    epsilon_low: float = 0.2
-    epsilon_high: float = 0.2
-    beta: float = 0.0
-    """KL coefficient (k3 estimator) to the frozen initial weights; 0 keeps no reference copy."""
-    scale_rewards: bool = True
-    """Divide advantages by the group's reward std (DeepSeekMath); False: mean-centred only (Dr. GRPO)."""
     reward_self_vqa: float = 1.0
     reward_self_qa: float = 0.0
     reward_geneval: float = 0.0
@@ -90,17 +69,6 @@ class Config(RunConfig):
     """Weight of the image-token NLL of accepted images (rejection-sampling fine-tuning)."""
     accept_threshold: float = 0.5
     """An image is accepted for SFT when its combined reward is at least this."""
-    lora_rank: int = 0
-    """LoRA rank; 0 fine-tunes the whole LM (image tokenizer and vision tower stay frozen either way)."""
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "dense"])
-    """Linear layers that get adapters, by last name (Llama: q/k/v/o_proj; Phi: q/k/v_proj, dense)."""
-    bf16: bool = False
-    """Autocast forward passes to bfloat16 while weights and optimiser state stay in `dtype`
-    (with dtype: float32, the usual mixed precision on GPU; on CPU it works but is slow)."""
-    max_bad_steps: int = 3
-    """Stop after this many steps in a row with a non-finite reward or loss (each is skipped)."""
     sample_every: int = 10
     """Write samples/step-<n>/ (PNG + prompts, rewards, answers) every this many steps; 0: never."""
 
@@ -121,67 +89,6 @@ def build_judge(config: Config, model: UnifiedModel) -> WeightedSum:
     if not judges:
         raise UnirlError("config: every reward_* weight is 0; give at least one judge a weight")
     return WeightedSum(judges)
-
-
-ReferenceLogprobs = Callable[[ImageRollout, float], "torch.Tensor | None"]
-
-
-def build_policy(config: Config, resume_from: Path | None
-                 ) -> tuple[UnifiedModel, list[torch.nn.Parameter], ReferenceLogprobs]:
-    """The model being trained, the parameters it trains, and log-probs under the reference.
-
-    Full fine-tuning trains `trainable_parameters()` (not the image tokenizer or vision tower) and
-    keeps a frozen copy of the initial weights as the reference. LoRA trains adapters only; its
-    reference is the same model with the adapters switched off, and it resumes from the base
-    model plus the checkpoint's adapter tensors."""
-    lora = config.lora_rank > 0
-    source = str(resume_from) if resume_from is not None and not lora else config.model
-    model = load_model(source, device=config.device, dtype=config.dtype)
-    if lora:
-        named = add_lora(model.module, config.lora_rank, config.lora_alpha, config.lora_target_modules,
-                         skip_prefixes=model.frozen_prefixes)
-        if resume_from is not None:
-            load_adapter_state(model.module, load_file(resume_from / ADAPTER_FILE), str(resume_from / ADAPTER_FILE))
-    else:
-        named = model.trainable_parameters()
-        trainable = {name for name, _ in named}
-        for name, p in model.module.named_parameters():
-            p.requires_grad_(name in trainable)
-    reference = None
-    if config.beta > 0 and not lora:  # frozen initial weights (reloaded when resuming)
-        reference = copy.deepcopy(model) if resume_from is None else \
-            load_model(config.model, device=config.device, dtype=config.dtype)
-        reference.module.requires_grad_(False)
-
-    @torch.no_grad()
-    def reference_logprobs(rollout: ImageRollout, guidance: float) -> torch.Tensor | None:
-        if config.beta <= 0:
-            return None
-        scorer = reference or model
-        with adapters_disabled(model.module) if lora else nullcontext():
-            return scorer.image_token_logprobs(rollout.prompts, rollout.tokens, guidance=guidance,
-                                               temperature=config.temperature, rollout=rollout)
-
-    return model, [p for _, p in named], reference_logprobs
-
-
-def save(run_dir: Path, step: int, model: UnifiedModel, optimizer: torch.optim.Optimizer, config: Config) -> Path:
-    """A checkpoint `load_model` reads as a plain model (LoRA merged in), plus the adapter tensors
-    under LoRA so that training resumes exactly."""
-    if config.lora_rank <= 0:
-        return save_checkpoint(run_dir, step, model, optimizer)
-    adapters = adapter_state(model.module)  # before merging: inside, the adapter layers are swapped out
-    with merged_weights(model.module):
-        return save_checkpoint(run_dir, step, model, optimizer, tensors={ADAPTER_FILE: adapters})
-
-
-def autocast(config: Config, model: UnifiedModel) -> torch.autocast:
-    return torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=config.bf16)
-
-
-def learning_rate(config: Config, step: int) -> float:
-    """Linear warmup, then constant (UniRL and OSPO train for a few hundred steps at a fixed LR)."""
-    return config.learning_rate * min(1.0, (step + 1) / max(1, config.warmup_steps))
 
 
 def draw_prompts(specs: list[Spec], config: Config, step: int) -> list[Spec]:
@@ -304,7 +211,7 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
     suite = load_suite(config.prompts)
     if not suite.specs:
         raise UnirlError(f"prompts {config.prompts}: no prompts")
-    model, params, reference_logprobs = build_policy(config, resume_from)
+    model, params, score_reference = build_policy(config, resume_from)
     guidance = model.default_guidance if config.guidance is None else config.guidance
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     start = 0
@@ -344,7 +251,8 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
         metrics: dict[str, float] = {}
         if finite:
             with autocast(config, model):
-                ref_logprobs = reference_logprobs(rollout, guidance)
+                ref_logprobs = score_reference(lambda m, r=rollout: m.image_token_logprobs(
+                    r.prompts, r.tokens, guidance=guidance, temperature=config.temperature, rollout=r))
             finite, metrics = learn(model, params, optimizer, rollout, advantages, accepted, per_image,
                                     ref_logprobs, guidance, config, step, processes)
         bad_steps = 0 if finite else bad_steps + 1
