@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -95,6 +96,28 @@ def cmd_eval_understanding(args: argparse.Namespace) -> None:
         print(json.dumps({k: summary[k] for k in ("accuracy", "per_type", "recipe")}))
 
 
+def cmd_eval_jigsaw(args: argparse.Namespace) -> None:
+    import json
+
+    from evaluators.jigsaw import run_jigsaw_eval
+    from modalities.jigsaw import JigsawTask
+    from unirl.models import load_model
+
+    if args.grid and not re.fullmatch(r"\d+x\d+", args.grid.lower()):
+        raise UnirlError(f"--grid: expected ROWSxCOLS such as 3x3, got {args.grid!r}")
+    grid = dict(zip(("rows", "cols"), (int(x) for x in args.grid.lower().split("x")))) if args.grid else {}
+    task = JigsawTask(modality=args.modality, **grid, **({"clips": args.clips} if args.clips else {}),
+                      **({"points": args.points} if args.points else {}))
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    summary = run_jigsaw_eval(model, task, args.out, data=args.data, puzzles=args.puzzles, seed=args.seed,
+                              overwrite=args.overwrite)
+    print(f"{args.modality} jigsaw ({task.pieces} pieces): exact {summary['exact_accuracy']:.3f} "
+          f"(chance {summary['chance_exact_accuracy']:.4f}), partial {summary['partial_score']:.3f}, "
+          f"valid format {summary['format_valid']:.3f} on {summary['puzzles']} puzzles")
+    if args.json:
+        print(json.dumps({k: v for k, v in summary.items() if k != "recipe"}))
+
+
 def cmd_pretrain_toy(args: argparse.Namespace) -> None:
     from unirl.config import apply_overrides, from_dict, to_dict
     from unirl.recipes.pretrain_toy import PretrainToyConfig, pretrain_toy
@@ -169,13 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", required=True)
     e.add_argument("--split", choices=["train", "heldout"], default="heldout")
     e.add_argument("--scenes", type=int, default=300)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--out", required=True)
-    e.add_argument("--device", default=None)
-    e.add_argument("--dtype", default=None)
-    e.add_argument("--overwrite", action="store_true")
-    e.add_argument("--json", action="store_true")
+    add_benchmark_options(e)
     e.set_defaults(func=cmd_eval_understanding)
+    e = evals.add_parser("jigsaw", help="Visual Jigsaw ordering accuracy (image, video, 3d) on held-out puzzles")
+    e.add_argument("--model", required=True)
+    e.add_argument("--modality", choices=["image", "video", "3d"], default="image")
+    e.add_argument("--data", default="toy", help="toy, or a folder of images / videos / color+depth pairs")
+    e.add_argument("--grid", default=None, help="image grid ROWSxCOLS (default 3x3)")
+    e.add_argument("--clips", type=int, default=None, help="video clips (default 6)")
+    e.add_argument("--points", type=int, default=None, help="3d points (default 6)")
+    e.add_argument("--puzzles", type=int, default=100)
+    add_benchmark_options(e)
+    e.set_defaults(func=cmd_eval_jigsaw)
     e = evals.add_parser("summary", help="GenEval's summary numbers for a results.jsonl")
     e.add_argument("results")
     e.add_argument("--json", action="store_true")
@@ -208,6 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="PretrainToyConfig fields, e.g. lm_steps=10")
     p.set_defaults(func=cmd_pretrain_toy)
     return parser
+
+
+def add_benchmark_options(e: argparse.ArgumentParser) -> None:
+    """What every model benchmark takes besides its own task options."""
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", required=True)
+    e.add_argument("--device", default=None)
+    e.add_argument("--dtype", default=None)
+    e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--json", action="store_true")
 
 
 def main(argv: list[str] | None = None) -> int:

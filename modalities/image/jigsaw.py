@@ -16,6 +16,7 @@ import torch
 
 from modalities.permutation import shuffle_pieces
 from unirl.errors import UnirlError
+from unirl.models.base import IMAGE_SLOT
 
 
 @dataclass
@@ -56,7 +57,8 @@ def reassemble(tiles: torch.Tensor, order: torch.Tensor, rows: int, cols: int) -
 
 
 def jigsaw_question(rows: int, cols: int) -> str:
+    """The tiles in their slots, labelled, then the task (the tiles go into the slots in order)."""
     k = rows * cols
-    return (f"The image was cut into a {rows}x{cols} grid and its {k} tiles shuffled; they are shown above as "
-            f"Tile 1 to Tile {k}. List the tile labels in the original image's order, row by row from the top "
-            f"left, separated by commas.")
+    tiles = "\n".join(f"Tile {j}: {IMAGE_SLOT}" for j in range(1, k + 1))
+    return (f"{tiles}\nThese are the {k} tiles of an image cut into a {rows}x{cols} grid, shuffled. List the tile "
+            f"labels in the original image's order, row by row from the top left, separated by commas.")

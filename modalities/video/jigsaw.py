@@ -15,6 +15,7 @@ import torch
 
 from modalities.permutation import shuffle_pieces
 from unirl.errors import UnirlError
+from unirl.models.base import IMAGE_SLOT
 
 
 @dataclass
@@ -53,6 +54,8 @@ def video_jigsaw(videos: torch.Tensor, clips: int = 6, trim: float = 0.1, frames
     return VideoJigsaw(shown, answer)
 
 
-def video_jigsaw_question(clips: int) -> str:
-    return (f"A video was cut into {clips} clips and the clips shuffled; they are shown above as Clip 1 to "
-            f"Clip {clips}. List the clip labels in the order the events happened, separated by commas.")
+def video_jigsaw_question(clips: int, frames_per_clip: int = 1) -> str:
+    """The clips in their slots (each its frames in order), labelled, then the task."""
+    shown = "\n".join(f"Clip {j}: {IMAGE_SLOT * frames_per_clip}" for j in range(1, clips + 1))
+    return (f"{shown}\nThese are {clips} clips of a video, shuffled. List the clip labels in the order the "
+            f"events happened, separated by commas.")

@@ -12,6 +12,9 @@ import torch
 # Images for understanding: one tensor [N,3,H,W] in [0,1] (one image per sample), or a list of
 # N tensors [k,3,H,W] (k images per sample: jigsaw tiles, video clips, marked views).
 Images = torch.Tensor | list[torch.Tensor]
+# Where a question places its images, one slot per image ("Tile 1: <image>\nTile 2: <image>\n…");
+# a question without slots gets its images before the text.
+IMAGE_SLOT = "<image>"
 
 
 @dataclass

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from transformers import JanusConfig, JanusForConditionalGeneration, JanusImageProcessor, JanusProcessor
 
 from unirl.errors import UnirlError
-from unirl.models.base import ImageRollout, Images, TextRollout, UnifiedModel, yes_no_token_ids
+from unirl.models.base import IMAGE_SLOT, ImageRollout, Images, TextRollout, UnifiedModel, yes_no_token_ids
 from unirl.models.tokenizer import ASSISTANT, USER, build_byte_bpe_tokenizer
 
 MODEL_CARD = "unirl_model.json"  # marks a folder this toolkit saved; names the backend
@@ -84,6 +84,10 @@ class JanusModel(UnifiedModel):
         tok = self.tokenizer
         self.bos_id, self.pad_id, self.eos_id = tok.bos_token_id, tok.pad_token_id, tok.eos_token_id
         self.boi_id = tok.convert_tokens_to_ids(tok.boi_token)
+        # Tokens an answer may not contain: an image placeholder in the text would ask for pixels
+        # that do not exist (and the image delimiters mean nothing outside an image block).
+        self.not_in_answers = torch.tensor([tok.convert_tokens_to_ids(t) for t in
+                                            (tok.image_token, tok.boi_token, tok.eoi_token)], device=device)
         ip = processor.image_processor
         self.image_size = ip.size["height"]
         self.image_mean = torch.tensor(ip.image_mean, device=device).view(1, 3, 1, 1)
@@ -110,9 +114,16 @@ class JanusModel(UnifiedModel):
         return f"{USER}: {prompt}\n\n{ASSISTANT}:{self.tokenizer.boi_token}"
 
     def understanding_text(self, question: str, num_images: int = 1) -> str:
+        """The user turn: the images, then the question; or, when the question holds one
+        IMAGE_SLOT per image ("Tile 1: <image>\nTile 2: <image>\n…"), each image in its slot."""
         tok = self.tokenizer
         block = tok.boi_token + tok.image_token * self.num_image_tokens + tok.eoi_token
-        return f"{USER}: {block * num_images}\n{question}\n\n{ASSISTANT}:"
+        slots = question.count(IMAGE_SLOT)
+        if slots == 0:
+            return f"{USER}: {block * num_images}\n{question}\n\n{ASSISTANT}:"
+        if slots != num_images:
+            raise UnirlError(f"question: {slots} {IMAGE_SLOT} slots for {num_images} images")
+        return f"{USER}: {question.replace(IMAGE_SLOT, block)}\n\n{ASSISTANT}:"
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
@@ -266,6 +277,12 @@ class JanusModel(UnifiedModel):
         out = self.module.model(**inputs, **kwargs)
         return self.module.lm_head(out.last_hidden_state), out.cache
 
+    def _answer_logprobs(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Next-token log-probs of an answer at `temperature`, image tokens excluded."""
+        logits = logits.float() / max(temperature, 1e-5)
+        logits[..., self.not_in_answers] = float("-inf")
+        return torch.log_softmax(logits, dim=-1)
+
     def answer(self, images: Images, questions: list[str], max_new_tokens: int = 32) -> list[str]:
         """Greedy answers, batched, with a KV cache."""
         return self.sample_answers(images, questions, temperature=0.0, max_new_tokens=max_new_tokens).texts
@@ -282,7 +299,7 @@ class JanusModel(UnifiedModel):
         done = torch.zeros(len(questions), dtype=torch.bool, device=self.device)
         tokens, logprobs, sampled = [], [], []
         for _ in range(max_new_tokens):
-            step = torch.log_softmax(logits[:, -1].float() / max(temperature, 1e-5), dim=-1)
+            step = self._answer_logprobs(logits[:, -1], temperature)
             token = step.argmax(-1) if temperature <= 0 else \
                 torch.multinomial(step.exp(), 1, generator=generator).squeeze(1)
             token = torch.where(done, torch.full_like(token, self.pad_id), token)
@@ -320,7 +337,7 @@ class JanusModel(UnifiedModel):
         n = mask.sum(1, keepdim=True).to(self.device)
         at = (width - n + torch.arange(tokens.shape[1], device=self.device)).clamp(max=width - 1)
         rows = torch.arange(len(questions), device=self.device)[:, None]
-        step = torch.log_softmax(logits[rows, at - 1].float() / max(temperature, 1e-5), dim=-1)  # [N,T,V]
+        step = self._answer_logprobs(logits[rows, at - 1], temperature)  # [N,T,V]
         return step.gather(-1, tokens.to(self.device)[..., None]).squeeze(-1) * mask.to(self.device)
 
     def answer_logprobs(self, images: Images, questions: list[str], answers: list[str]) -> torch.Tensor:
