@@ -39,6 +39,31 @@ def evaluate(model_spec: str, out: Path, seed: int) -> dict[str, Any]:
             "understanding": understanding["accuracy"]}
 
 
+def weights_sha256(model_spec: str) -> str | None:
+    from unirl.specs import file_sha256
+
+    weights = TOY_MODEL_DIR / "model.safetensors"
+    return file_sha256(weights) if model_spec == "toy" and weights.is_file() else None
+
+
+def start_fresh_unless_same(out: Path, key: dict[str, Any]) -> None:
+    """A demo resumes its finished parts only when they were made from the same model weights,
+    config and seed; otherwise they are removed (they would be another experiment's numbers)."""
+    import shutil
+
+    key_file = out / "demo-key.json"
+    if key_file.is_file() and json.loads(key_file.read_text()) == json.loads(json.dumps(key)):
+        return
+    for part in ("before", "after", "run", "demo.json"):
+        path = out / part
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(json.dumps(key, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     from unirl.config import apply_overrides, from_dict, read_yaml
     from unirl.engine.run import prepare_run_dir
@@ -59,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.max_steps is not None:
         data["max_steps"] = args.max_steps
     config = from_dict(Config, data, source=args.config)
+    start_fresh_unless_same(out, {"model": model_spec, "weights_sha256": weights_sha256(model_spec),
+                                  "config": data, "seed": args.seed})
     before = evaluate(model_spec, out / "before", args.seed)
     run = out / "run"
     final = run / "checkpoints" / "final"
