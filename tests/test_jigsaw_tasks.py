@@ -111,3 +111,13 @@ def test_rgbd_folder_round_trip_and_clear_errors(tmp_path):
     (tmp_path / "depth" / "000000.png").unlink()
     with pytest.raises(UnirlError, match="000000.png: no depth map"):
         rgbd_pairs(tmp_path)
+
+
+def test_toy_image_tiles_carry_a_position_cue_and_flat_render_is_unchanged():
+    scenes = sample_scenes(split_specs("train"), 2, seed=6)
+    assert torch.equal(render(scenes, shade=0.0), render(scenes))
+    empty = render([type(scenes[0])({}, [])], shade=0.15)
+    tiles = cut_tiles(empty, 2, 2)[0]  # an empty shaded table: every quadrant's mean differs
+    means = tiles.mean(dim=(1, 2, 3))
+    assert len({round(float(v), 3) for v in means}) == 4
+    assert means[0] < means[1] < means[2] < means[3]  # darker at the top left

@@ -107,10 +107,16 @@ def _object_masks(scenes: list[Scene], size: int, device: torch.device
     return [o for _, o in objects], scene_idx, inside(shape_ids, u.expand(-1, size, -1), v.expand(-1, -1, size))
 
 
-def render(scenes: list[Scene], size: int = IMAGE_SIZE, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Scenes → float images [N,3,size,size] in [0,1], all objects of all scenes in one batch."""
+def render(scenes: list[Scene], size: int = IMAGE_SIZE, device: torch.device | str = "cpu",
+           shade: float = 0.0) -> torch.Tensor:
+    """Scenes → float images [N,3,size,size] in [0,1], all objects of all scenes in one batch.
+    `shade`: the table darkens towards the top left and lightens towards the bottom right by up
+    to this much (toy jigsaws: a flat table gives a tile no clue to where it came from)."""
     device = torch.device(device)
     images = torch.tensor(BACKGROUND, device=device).view(1, 3, 1, 1).repeat(len(scenes), 1, size, size)
+    if shade:
+        ramp = torch.linspace(-1, 1, size, device=device)
+        images = (images + shade * (0.6 * ramp.view(1, 1, -1, 1) + 0.4 * ramp.view(1, 1, 1, -1))).clamp(0, 1)
     objects, scene_idx, masks = _object_masks(scenes, size, device)
     if not objects:
         return images
