@@ -44,3 +44,4 @@ def test_format_reward_and_repetition_penalty():
     assert jigsaw_reward("5, 1, 3, 2, 4", TRUTH, format_weight=0.1) == 1.0  # no tags, no format reward
     assert jigsaw_reward("1, 1, 1, 1, 1", TRUTH, repetition_penalty=0.5) == pytest.approx(-0.5 * 4 / 5)
     assert jigsaw_reward("5, 1, 3, 2, 4", TRUTH, repetition_penalty=0.5) == 1.0
+    assert jigsaw_reward("I cannot tell", TRUTH, repetition_penalty=0.5) == -0.5  # no list: no escape

@@ -40,13 +40,15 @@ def jigsaw_reward(text: str, truth: Sequence[int], partial_weight: float = 0.2, 
 
     Options, both off by default: `format_weight` is added when the answer is inside
     <answer>…</answer> and parses; `repetition_penalty` is subtracted times the fraction of listed
-    labels that repeat an earlier one, so a policy stuck on "1, 1, 1, 1" gets a gradient away
-    from it rather than a flat 0."""
+    labels that repeat an earlier one, and in full from an answer that lists no labels at all, so
+    a policy stuck on "1, 1, 1, 1" gets a gradient towards permutations and cannot escape the
+    penalty by writing no list (measured on the toy: with unparseable answers scoring 0, GRPO
+    reached format_valid 0.00 within 13 steps)."""
     order = parse_order(text)
     if order is None:
-        return 0.0
+        return -repetition_penalty if repetition_penalty else 0.0
     reward = format_weight if _ANSWER_TAG.search(text) else 0.0
-    if repetition_penalty and order:
+    if repetition_penalty:
         reward -= repetition_penalty * (len(order) - len(set(order))) / len(order)
     truth = list(truth)
     if order == truth:
