@@ -39,18 +39,21 @@ def jigsaw_reward(text: str, truth: Sequence[int], partial_weight: float = 0.2, 
     out-of-range labels, no answer).
 
     Options, both off by default: `format_weight` is added when the answer is inside
-    <answer>…</answer> and parses; `repetition_penalty` is subtracted times the fraction of listed
-    labels that repeat an earlier one, and in full from an answer that lists no labels at all, so
-    a policy stuck on "1, 1, 1, 1" gets a gradient towards permutations and cannot escape the
-    penalty by writing no list (measured on the toy: with unparseable answers scoring 0, GRPO
-    reached format_valid 0.00 within 13 steps)."""
-    order = parse_order(text)
-    if order is None:
-        return -repetition_penalty if repetition_penalty else 0.0
-    reward = format_weight if _ANSWER_TAG.search(text) else 0.0
-    if repetition_penalty:
-        reward -= repetition_penalty * (len(order) - len(set(order))) / len(order)
+    <answer>…</answer> and parses; `repetition_penalty` is subtracted times the fraction of the k
+    labels the answer does not list exactly once-in-range (repeats, omissions and out-of-range
+    labels all leave some out; no list at all leaves all out), so "1, 1, 1, 1" gets a gradient
+    towards permutations, and writing one label or no list is no escape (measured on the toy:
+    penalising repeats alone, GRPO moved within 13-25 steps to unparseable or one-label answers)."""
     truth = list(truth)
+    order = parse_order(text)
+    reward = 0.0
+    if repetition_penalty:
+        listed = set(order or []) & set(range(1, len(truth) + 1))
+        reward -= repetition_penalty * (1 - len(listed) / len(truth))
+    if order is None:
+        return reward
+    if _ANSWER_TAG.search(text):
+        reward += format_weight
     if order == truth:
         return reward + 1.0
     if len(order) == len(truth) and sorted(order) == list(range(1, len(truth) + 1)):
