@@ -47,3 +47,5 @@ def test_format_reward_and_repetition_penalty():
     assert jigsaw_reward("I cannot tell", TRUTH, repetition_penalty=0.5) == -0.5  # no list: no escape
     assert jigsaw_reward("2", TRUTH, repetition_penalty=0.5) == pytest.approx(-0.5 * 4 / 5)  # nor one label
     assert jigsaw_reward("5, 1, 2, 3, 4", TRUTH, repetition_penalty=0.5) == pytest.approx(0.2 * 3 / 5)
+    long = "1 2 3 4 5 1 2 3 4 5"  # every label, twice: no escape by listing everything
+    assert jigsaw_reward(long, TRUTH, repetition_penalty=0.5) == pytest.approx(-0.5 * (1 - 5 / 10))

@@ -39,17 +39,17 @@ def jigsaw_reward(text: str, truth: Sequence[int], partial_weight: float = 0.2, 
     out-of-range labels, no answer).
 
     Options, both off by default: `format_weight` is added when the answer is inside
-    <answer>…</answer> and parses; `repetition_penalty` is subtracted times the fraction of the k
-    labels the answer does not list exactly once-in-range (repeats, omissions and out-of-range
-    labels all leave some out; no list at all leaves all out), so "1, 1, 1, 1" gets a gradient
-    towards permutations, and writing one label or no list is no escape (measured on the toy:
-    penalising repeats alone, GRPO moved within 13-25 steps to unparseable or one-label answers)."""
+    <answer>…</answer> and parses; `repetition_penalty` is subtracted times 1 − (distinct in-range
+    labels listed) / max(labels listed, k): 0 for a permutation, more for repeats, omissions,
+    out-of-range or surplus labels, 1 for no list. So "1, 1, 1, 1" gets a gradient towards
+    permutations and no other shape escapes it (measured on the toy: penalising repeats alone,
+    GRPO moved to unparseable, then one-label, then over-long answers within 13-25 steps)."""
     truth = list(truth)
     order = parse_order(text)
     reward = 0.0
     if repetition_penalty:
         listed = set(order or []) & set(range(1, len(truth) + 1))
-        reward -= repetition_penalty * (1 - len(listed) / len(truth))
+        reward -= repetition_penalty * (1 - len(listed) / max(len(order or []), len(truth)))
     if order is None:
         return reward
     if _ANSWER_TAG.search(text):
