@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from pathlib import Path
@@ -44,6 +45,11 @@ class MetricsLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def rounded(metrics: dict[str, Any], digits: int = 6) -> dict[str, Any]:
+    """Finite floats rounded for metrics.jsonl (non-finite ones kept, so a NaN shows as one)."""
+    return {k: (round(v, digits) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

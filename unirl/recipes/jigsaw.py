@@ -19,7 +19,6 @@ puzzles' answers, so the warm-up teaches the format and nothing about the order.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from modalities.jigsaw import JigsawTask, Puzzles, make_puzzles
 from unirl.algorithms.grpo import group_advantages, grpo_loss
 from unirl.engine.checkpoint import link_checkpoint, load_training_state
 from unirl.engine.distributed import Processes, init_processes
-from unirl.engine.metrics import MetricsLogger
+from unirl.engine.metrics import MetricsLogger, rounded
 from unirl.engine.policy import PolicyConfig, autocast, build_policy, learning_rate, save
 from unirl.errors import UnirlError
 from unirl.models import UnifiedModel
@@ -174,7 +173,7 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
             "learning_rate": learning_rate(config, step), "skipped": int(not finite),
             "time/rollout": t1 - t0, "time/judge": t2 - t1, "time/learn": t3 - t2,
         }
-        metrics = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
+        metrics = rounded(metrics)
         bar.set_postfix(reward=f"{metrics['reward']:.3f}", exact=f"{rates['exact_accuracy']:.2f}")
         if (step + 1) % config.log_every == 0 or step == config.max_steps - 1:
             log.log(step + 1, metrics)

@@ -18,7 +18,6 @@ samples as an uninterrupted one.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 from unirl.algorithms.grpo import group_advantages, grpo_loss
 from unirl.engine.checkpoint import link_checkpoint, load_training_state
 from unirl.engine.distributed import ONE_PROCESS, Processes, init_processes
-from unirl.engine.metrics import MetricsLogger
+from unirl.engine.metrics import MetricsLogger, rounded
 from unirl.engine.policy import PolicyConfig, autocast, build_policy, learning_rate, save
 from unirl.errors import UnirlError
 from unirl.models import ImageRollout, UnifiedModel
@@ -282,7 +281,7 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
         for name, values in per_judge.items():
             metrics[f"rewards/{name}/mean"] = values.mean().item()
             metrics[f"rewards/{name}/std"] = values.std(unbiased=False).item()
-        metrics = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
+        metrics = rounded(metrics)
         bar.set_postfix(reward=f"{metrics['reward']:.3f}")
         if main and ((step + 1) % config.log_every == 0 or step == config.max_steps - 1):
             log.log(step + 1, metrics)
