@@ -4,10 +4,10 @@
 
 Both run on the same weights, batch, guidance, temperature and token count, in the same
 process, alternating, after one warm-up each; we report the median of the repeats. With
---json the last line is {"ours_images_per_s", "reference_images_per_s", "ratio", ...}.
-Models besides load_model's specs: janus-mid (hidden 256, 4 layers, 64 tokens) and
-janus-pro-1b-shape (random-init, Janus-Pro-1B's LM and VQ shape: hidden 2048, 24 layers,
-576 tokens at 384 px, codebook 16384; for a GPU).
+--json the last line is {"ours_images_per_s", "reference_images_per_s", "ratio", ...}, with the
+memory-bandwidth floor: images/s if each decode step only read the weights and KV cache once at
+the measured copy bandwidth.
+--model takes load_model's specs and bench.models' random-init janus-mid and janus-pro-1b-shape.
 """
 
 from __future__ import annotations
@@ -19,25 +19,11 @@ import time
 
 import torch
 
-from unirl.models import load_model
-from unirl.models.base import resolve_device_dtype
-from unirl.models.janus import JanusModel, build_tiny_janus
+from bench.models import build
+from unirl.models.janus import JanusModel
 
-BENCH_MODELS = {
-    "janus-mid": dict(image_size=64, patch_size=8, hidden=256, layers=4, codebook=1024),
-    "janus-pro-1b-shape": dict(image_size=384, patch_size=16, hidden=2048, layers=24, heads=16, codebook=16384,
-                               vq_channels=128, vq_multipliers=(1, 1, 2, 2, 4), vision_hidden=256, vision_layers=2),
-}
 PROMPT_WORDS = ["red", "blue", "green", "pink", "black", "white", "brown", "purple"]
 SHAPES = ["circle", "square", "star", "heart"]
-
-
-def build(spec: str, device: str | None, dtype: str | None) -> JanusModel:
-    if spec in BENCH_MODELS:
-        dev, dt = resolve_device_dtype(device, dtype)
-        hf, processor = build_tiny_janus(seed=0, **BENCH_MODELS[spec])
-        return JanusModel(hf, processor, spec=spec, device=dev, dtype=dt)
-    return load_model(spec, device=device, dtype=dtype)
 
 
 def equal_length_prompts(model: JanusModel, n: int) -> list[str]:
@@ -60,6 +46,31 @@ def time_call(fn, device: torch.device) -> float:
     fn()
     sync(device)
     return time.perf_counter() - start
+
+
+def copy_bandwidth(device: torch.device, megabytes: int = 1024, repeats: int = 10) -> float:
+    """Bytes per second a device-to-device copy moves, counting bytes read and written."""
+    src = torch.empty(megabytes * 2**20, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # warm-up
+    seconds = statistics.median(time_call(lambda: dst.copy_(src), device) for _ in range(repeats))
+    return 2 * src.numel() / seconds
+
+
+def bandwidth_floor(model: JanusModel, n_images: int, prompt_tokens: int, guidance: float, bandwidth: float) -> float:
+    """Images/s if every decode step only read the LM's weights and its KV cache once at
+    `bandwidth`: the memory-bound limit of autoregressive image generation at this batch."""
+    lm = model.module.model.language_model
+    gen = [model.module.model.generation_head, model.module.model.generation_aligner]
+    weight_bytes = sum(p.numel() * p.element_size() for m in [lm, *gen] for p in m.parameters()
+                       if p is not lm.embed_tokens.weight)  # an image step never reads the text embeddings
+    cfg = lm.config
+    rows = n_images * (2 if guidance != 1.0 else 1)  # conditional and unconditional rows
+    kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
+    kv_per_token *= rows * model.dtype.itemsize
+    steps = model.num_image_tokens
+    cache_reads = kv_per_token * sum(prompt_tokens + t for t in range(steps))
+    return n_images / ((steps * weight_bytes + cache_reads) / bandwidth)
 
 
 def main() -> None:
@@ -99,15 +110,20 @@ def main() -> None:
         ours_s.append(time_call(ours, model.device))
         ref_s.append(time_call(reference, model.device))
     ours_ips, ref_ips = n_images / statistics.median(ours_s), n_images / statistics.median(ref_s)
+    bandwidth = copy_bandwidth(model.device)
+    floor_ips = bandwidth_floor(model, n_images, ids.shape[1], args.guidance, bandwidth)
     device_name = torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else "cpu"
     result = dict(ours_images_per_s=round(ours_ips, 3), reference_images_per_s=round(ref_ips, 3),
-                  ratio=round(ours_ips / ref_ips, 3), model=args.model, device=device_name,
+                  ratio=round(ours_ips / ref_ips, 3), floor_images_per_s=round(floor_ips, 3),
+                  floor_over_ours=round(floor_ips / ours_ips, 3), copy_bandwidth_gb_s=round(bandwidth / 1e9, 1),
+                  model=args.model, device=device_name,
                   dtype=str(model.dtype).replace("torch.", ""), images=n_images, guidance=args.guidance,
                   temperature=args.temperature, image_tokens=model.num_image_tokens, repeats=args.repeats,
                   threads=torch.get_num_threads())
     if not args.json:
         print(f"{args.model} on {device_name}: ours {ours_ips:.2f} images/s, transformers {ref_ips:.2f} images/s, "
-              f"ratio {ours_ips / ref_ips:.2f}")
+              f"ratio {ours_ips / ref_ips:.2f}; bandwidth floor {floor_ips:.2f} images/s "
+              f"({floor_ips / ours_ips:.1f}x ours)")
     print(json.dumps(result))
 
 
