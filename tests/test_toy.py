@@ -62,3 +62,33 @@ def test_shipped_toy_loads_fast_generates_and_keeps_training(tmp_path):
     again = load_model(str(path), device="cpu")
     assert torch.equal(again.generate_images(["a photo of a red circle"], seed=1).tokens,
                        toy.generate_images(["a photo of a red circle"], seed=1).tokens)
+
+
+def test_word_grounding_names_the_right_objects_and_is_learnable():
+    from modalities.image.shapes import Scene, SceneObject, render
+    from unirl.recipes.pretrain_toy import WordGrounding, build_toy
+
+    model = build_toy(PretrainToyConfig(hidden=32, layers=1, heads=2, vision_hidden=32, vision_layers=1))
+    grounding = WordGrounding(model, layer=0)
+    # A red star in cell (0, 1) and a blue heart in cell (2, 3) of the 6x6 table.
+    scene = Scene({}, [SceneObject("star", "red", 24.0, 8.0, 7.0), SceneObject("heart", "blue", 56.0, 40.0, 7.0)])
+    conversation = [("What color is the star?", "red"), ("Is there a green heart?", "no")]
+    inputs, _, _ = model.conversation_batch(render([scene]), [conversation])
+    image_at = (inputs["input_ids"][0] == model.module.config.image_token_id).nonzero().squeeze(1).tolist()
+    tokens = model.tokenizer.convert_ids_to_tokens(inputs["input_ids"][0].tolist())
+    named = {tokens[t]: objects for _, t, objects in grounding.named_objects(inputs["input_ids"], [scene])}
+    # "green" names nothing here; "star" and the answer "red" name the star; "heart" the heart.
+    assert named == {"Ġstar": [image_at[1]], "Ġred": [image_at[1]], "Ġheart": [image_at[2 * 6 + 3]]}
+
+    params = [p for p in model.module.model.language_model.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    losses = []
+    for _ in range(30):
+        model.target_logprobs(inputs, torch.zeros_like(inputs["attention_mask"], dtype=torch.bool))
+        loss = grounding.loss(inputs["input_ids"], inputs["attention_mask"], [scene])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+    grounding.remove()

@@ -344,32 +344,51 @@ class JanusModel(UnifiedModel):
         """Sum of log p(answer tokens + EOS) given image and question; differentiable. [N]"""
         return self.conversation_logprobs(images, [[(q, a)] for q, a in zip(questions, answers)])[0]
 
-    def conversation_logprobs(self, images: Images, conversations: list[list[tuple[str, str]]]
-                              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Several questions about one image in one sequence (the first asked as `answer` asks
-        it, each later one as the next user turn after the previous answer): the sum of
-        log p(answer tokens + EOS) over all answers, and how many tokens that sums. [N], [N]
-        Training on conversations reads each image once for many answers."""
+    def conversation_batch(self, images: Images, conversations: list[list[tuple[str, str]]]
+                           ) -> tuple[dict, torch.Tensor, list[list[int]]]:
+        """Model inputs for several questions about one image per sequence (the first asked as
+        `answer` asks it, each later one as the next user turn after the previous answer),
+        left-padded; a bool mask [N, T] of the answer tokens (+ EOS), and for each conversation
+        the position of the last prompt token before each answer (where the answer is decided)."""
         pixels, per_sample = self._image_batch(images, len(conversations))
-        rows, targets = [], []
+        rows, targets, answer_at = [], [], []
         for turns, images_here in zip(conversations, per_sample):
             ids: list[int] = []
             target: list[bool] = []
+            before: list[int] = []
             for k, (question, answer) in enumerate(turns):
                 text = self.understanding_text(question, images_here) if k == 0 else \
                     f"{USER}: {question}\n\n{ASSISTANT}:"
                 prompt = self.tokenizer(text, add_special_tokens=k == 0)["input_ids"]
                 reply = self.tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [self.eos_id]
+                before.append(len(ids) + len(prompt) - 1)
                 ids += prompt + reply
                 target += [False] * len(prompt) + [True] * len(reply)
             rows.append(ids)
             targets.append(target)
+            answer_at.append(before)
         ids, mask = self._left_pad(rows)
         is_target = torch.zeros_like(mask, dtype=torch.bool)
         for i, target in enumerate(targets):  # left-padded like the ids
             is_target[i, mask.shape[1] - len(target):] = torch.tensor(target)
-        logits, _ = self._lm_logits(dict(input_ids=ids, attention_mask=mask, position_ids=self._positions(mask),
-                                         pixel_values=self.preprocess_images(pixels)))
+        shift = [mask.shape[1] - len(r) for r in rows]
+        answer_at = [[p + pad for p in before] for before, pad in zip(answer_at, shift)]
+        inputs = dict(input_ids=ids, attention_mask=mask, position_ids=self._positions(mask),
+                      pixel_values=self.preprocess_images(pixels))
+        return inputs, is_target, answer_at
+
+    def conversation_logprobs(self, images: Images, conversations: list[list[tuple[str, str]]]
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sum of log p(answer tokens + EOS) over all answers of each conversation (see
+        `conversation_batch`), and how many tokens that sums. [N], [N]
+        Training on conversations reads each image once for many answers."""
+        inputs, is_target, _ = self.conversation_batch(images, conversations)
+        return self.target_logprobs(inputs, is_target)
+
+    def target_logprobs(self, inputs: dict, is_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum of log p over the tokens `is_target` marks, and their count, per row. [N], [N]"""
+        ids = inputs["input_ids"]
+        logits, _ = self._lm_logits(inputs)
         logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         counted = is_target[:, 1:]
         return (logprobs * counted).sum(-1), counted.sum(-1)
