@@ -1,17 +1,39 @@
 #!/usr/bin/env bash
-# Every GPU figure in one run (device time is scarce): the UniRL step and the rollout benchmark on
-# a random-init Janus-Pro-1B-shaped model in bf16. Writes logs under ${OUT:-bench-gpu}.
-# Usage, from the repository root on a CUDA machine: bash bench/gpu.sh
+# Every GPU check in one run (device time is scarce). Usage, from the repository root on a CUDA
+# machine: bash bench/gpu.sh [step] [rollout] [cli]   (all three when none is named)
+#   step     one UniRL GRPO step of a random-init Janus-Pro-1B-shaped model, bf16 (bench.step)
+#   rollout  16 prompts x 8 images, guidance 5, 576 tokens: ours, transformers', the bandwidth floor
+#   cli      the README's commands on CUDA with the shipped toy model (eval, train, jigsaw)
+# Logs go under ${OUT:-bench-gpu}.
 set -u
 out=${OUT:-bench-gpu}; mkdir -p "$out"
+parts=${*:-step rollout cli}
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
+quiet() { grep -v -E "it/s\]|s/it\]"; }
 python3 - <<'PY' 2>&1 | tee "$out/env.log"
 import torch, transformers
 print(torch.__version__, transformers.__version__, torch.cuda.get_device_name(), torch.cuda.get_device_properties(0).total_memory / 2**30, "GiB")
 PY
-# Issue 6: one GRPO step (the second of two; the first warms up), group 8, 4 prompts, full fine-tuning.
-timeout 300 python3 -m bench.step --config configs/unirl/janus_pro_1b_grpo.yaml --model janus-pro-1b-shape \
-  --steps 2 prompts=shapes:train 2>&1 | grep -v "it/s\]" | tee "$out/step.log"
-# Issue 10: 16 prompts x 8 images, guidance 5, 576 tokens: ours, transformers', the bandwidth floor.
-timeout 300 python3 -m bench.rollout --model janus-pro-1b-shape --prompts 16 --samples 8 --guidance 5 \
-  --repeats 2 2>&1 | grep -v "it/s\]" | tee "$out/rollout.log"
+if [[ " $parts " == *" step "* ]]; then
+  timeout 300 python3 -m bench.step --config configs/unirl/janus_pro_1b_grpo.yaml --model janus-pro-1b-shape \
+    --steps 2 prompts=shapes:train 2>&1 | quiet | tee "$out/step.log"
+fi
+if [[ " $parts " == *" rollout "* ]]; then
+  timeout 300 python3 -m bench.rollout --model janus-pro-1b-shape --prompts 16 --samples 8 --guidance 5 \
+    --repeats 2 2>&1 | quiet | tee "$out/rollout.log"
+fi
+if [[ " $parts " == *" cli "* ]]; then
+  unirl() { python3 -m unirl.cli "$@"; }
+  run=$(mktemp -d)
+  {
+    unirl eval geneval --model toy --prompts shapes:heldout --detector shapes --samples 4 --out "$run/geneval" --json
+    unirl eval understanding --model toy --out "$run/und"
+    unirl train configs/unirl/toy_grpo.yaml --out "$run/unirl" --max-steps 3
+    unirl eval understanding --model "$run/unirl/checkpoints/final" --scenes 50 --out "$run/und-after"
+    unirl eval jigsaw --model toy --modality image --grid 2x2 --puzzles 50 --out "$run/jigsaw"
+    unirl train configs/jigsaw/toy_image.yaml --out "$run/jigsaw-train" --max-steps 3
+    python3 -m bench.rollout --model toy --prompts 16 --samples 4 --guidance 3 --repeats 2
+  } 2>&1 | quiet | tee "$out/cli.log"
+  cp "$run"/*/summary.json "$out/" 2>/dev/null
+  for f in "$run"/*/summary.json; do echo "$f"; head -c 400 "$f"; echo; done | tee -a "$out/cli.log"
+fi

@@ -38,10 +38,11 @@ def test_shard_splits_evenly_or_says_why():
         Processes(0, 2).shard([1, 2, 3], "prompts_per_step")
 
 
-def test_two_processes_with_half_the_batch_make_the_one_process_update(tmp_path):
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_two_processes_with_half_the_batch_make_the_one_process_update(tmp_path, sharding):
     script = str(ROOT / "tests" / "scripts" / "learn_step.py")
     run([sys.executable, script, str(tmp_path / "one.safetensors")])
-    run([*LAUNCH, script, str(tmp_path / "two.safetensors")])
+    run([*LAUNCH, script, str(tmp_path / "two.safetensors"), sharding])
     one, two = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "two.safetensors")
     initial = __import__("unirl.models", fromlist=["load_model"]).load_model("janus-tiny").module.state_dict()
     moved = max((one[k] - initial[k]).abs().max().item() for k in one)
@@ -59,3 +60,14 @@ def test_accelerate_launch_runs_the_unirl_cli(tmp_path):
     assert len(lines) == 2 and '"reward"' in lines[0]
     assert '"processes": 2' in (out / "recipe.json").read_text()
     shutil.rmtree(out)
+
+
+def test_fsdp_run_saves_plain_checkpoints_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    args = ["-m", "unirl.cli", "train", str(ROOT / "configs" / "unirl" / "toy_grpo.yaml"), "--out", str(out),
+            "model=janus-tiny", "prompts_per_step=2", "group_size=2", "save_every=1", "fsdp=true"]
+    run([*LAUNCH, *args, "max_steps=2"])
+    run([*LAUNCH, *args, "max_steps=3", "--resume"])  # continues from step 2
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    model = __import__("unirl.models", fromlist=["load_model"]).load_model(str(out / "checkpoints" / "final"))
+    assert model.generate_images(["a photo of a red circle"], num_per_prompt=1, seed=0).tokens.shape[0] == 1

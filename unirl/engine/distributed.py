@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,8 +60,10 @@ class Processes:
         return torch.cat(parts)
 
     def average_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
-        """Replace each parameter's gradient by its mean over processes (one flat all-reduce)."""
-        if self.world == 1:
+        """Replace each parameter's gradient by its mean over processes (one flat all-reduce).
+        Parameters sharded by `shard_model` are skipped: FSDP has averaged theirs already."""
+        params = [p for p in params if not is_sharded(p)]
+        if self.world == 1 or not params:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads])
@@ -107,3 +110,57 @@ def init_processes(device: str | None = None) -> Processes:
 
     state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
     return Processes(rank=state.process_index, world=state.num_processes)
+
+
+def is_sharded(tensor: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def shard_model(module: torch.nn.Module, decoder_layers_only: bool = False) -> None:
+    """FSDP (torch's fully_shard, in place: the model keeps its class and methods, which the
+    recipes call directly): each decoder layer is one unit, and so is every other module that
+    holds trainable parameters itself (embeddings, heads, norms, aligners); frozen parts outside
+    the layers (vision tower, image tokenizer) stay whole on every process.
+
+    Weights are gathered at a unit's first forward and kept until its backward (no resharding
+    after forward): a rollout of hundreds of decode steps would otherwise gather every layer at
+    every step. So each process holds the full weights while it trains, and shards gradients and
+    optimiser state (ZeRO-2), which is where full fine-tuning's memory goes (Adam: 3x the weights)."""
+    from torch.distributed.fsdp import fully_shard
+
+    layers = [m for m in module.modules() if type(m).__name__.endswith("DecoderLayer")]
+    if not layers:
+        raise UnirlError(f"fsdp: no decoder layers found in {type(module).__name__}")
+    for layer in layers:
+        fully_shard(layer, reshard_after_forward=False)
+    if decoder_layers_only:
+        return
+    inside = {id(p) for layer in layers for p in layer.parameters()}
+    # A weight two modules share (tied input and output embeddings) stays whole on every process,
+    # its gradient averaged with `average_gradients`: FSDP would shard it once per module.
+    owners = Counter(id(p) for m in module.modules() for p in m.parameters(recurse=False))
+    for m in module.modules():
+        own = [p for p in m.parameters(recurse=False) if id(p) not in inside]
+        if any(p.requires_grad for p in own) and all(owners[id(p)] == 1 for p in own):
+            fully_shard(m, reshard_after_forward=False)
+
+
+def clip_grad_norm(params: Sequence[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """`torch.nn.utils.clip_grad_norm_` over gradients some of which are FSDP shards: the norm is
+    of the whole gradient, the same on every process."""
+    grads = [p.grad for p in params if p.grad is not None]
+    sharded, whole = [g for g in grads if is_sharded(g)], [g for g in grads if not is_sharded(g)]
+    squares = []
+    for group in (sharded, whole):
+        if group:
+            norm = torch.nn.utils.get_total_norm(group)
+            squares.append((norm.full_tensor() if is_sharded(norm) else norm).float() ** 2)
+    if not squares:
+        return torch.zeros(())
+    total = torch.stack([s.to(squares[0].device) for s in squares]).sum().sqrt()
+    for group in (sharded, whole):
+        if group:
+            torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
+    return total

@@ -27,10 +27,10 @@ import torch
 
 from modalities.jigsaw import JigsawTask, Puzzles, make_puzzles
 from unirl.algorithms.grpo import group_advantages, grpo_loss
-from unirl.engine.checkpoint import link_checkpoint, load_training_state
+from unirl.engine.checkpoint import link_checkpoint
 from unirl.engine.distributed import Processes, init_processes
 from unirl.engine.metrics import MetricsLogger, rounded
-from unirl.engine.policy import PolicyConfig, autocast, build_policy, learning_rate, save
+from unirl.engine.policy import PolicyConfig, autocast, build_policy, learning_rate, restore, save
 from unirl.errors import UnirlError
 from unirl.models import UnifiedModel
 from unirl.progress import progress
@@ -104,7 +104,7 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
     torch.manual_seed(config.seed)
     model, params, score_reference = build_policy(config, resume_from)
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    start = load_training_state(resume_from, optimizer)["step"] if resume_from is not None else 0
+    start = restore(resume_from, model, optimizer) if resume_from is not None else 0
     log = MetricsLogger(run_dir, resume_step=start if resume_from else None, tensorboard=False)
     if start == 0:
         recipe = {"model": config.model, "modality": config.task.modality, "data": config.data, "seed": config.seed,

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from unirl.algorithms.grpo import group_advantages, grpo_loss
-from unirl.engine.checkpoint import link_checkpoint, load_training_state
-from unirl.engine.distributed import ONE_PROCESS, Processes, init_processes
+from unirl.engine.checkpoint import link_checkpoint
+from unirl.engine.distributed import ONE_PROCESS, Processes, clip_grad_norm, init_processes
 from unirl.engine.metrics import MetricsLogger, rounded
-from unirl.engine.policy import PolicyConfig, autocast, build_policy, learning_rate, save
+from unirl.engine.policy import PolicyConfig, autocast, build_policy, learning_rate, restore, save
 from unirl.errors import UnirlError
 from unirl.models import ImageRollout, UnifiedModel
 from unirl.progress import progress
@@ -188,7 +188,7 @@ def learn(model: UnifiedModel, params: list[torch.nn.Parameter], optimizer: torc
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         processes.average_gradients(params)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        grad_norm = clip_grad_norm(params, config.max_grad_norm)
         optimizer.step()
         parts["loss"] = loss.detach()
         names = list(parts)
@@ -210,12 +210,10 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
     suite = load_suite(config.prompts)
     if not suite.specs:
         raise UnirlError(f"prompts {config.prompts}: no prompts")
-    model, params, score_reference = build_policy(config, resume_from)
+    model, params, score_reference = build_policy(config, resume_from, processes)
     guidance = model.default_guidance if config.guidance is None else config.guidance
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    start = 0
-    if resume_from is not None:
-        start = load_training_state(resume_from, optimizer)["step"]
+    start = restore(resume_from, model, optimizer) if resume_from is not None else 0
     judge = build_judge(config, model)
     main = processes.is_main
     log = MetricsLogger(run_dir, resume_step=start if resume_from else None, tensorboard=False) if main else None
@@ -288,13 +286,13 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
         if main and config.sample_every and (step + 1) % config.sample_every == 0:
             write_samples(run_dir, step + 1, rollout.images, per_image, rewards, info)  # the main process's share
         if (step + 1) % config.save_every == 0 and step + 1 < config.max_steps:
-            if main:
-                save(run_dir, step + 1, model, optimizer, config)
+            save(run_dir, step + 1, model, optimizer, config, processes)
             processes.barrier()
     # step-<n> for resuming, final for loading: one write, two names.
+    last = save(run_dir, config.max_steps, model, optimizer, config, processes)
     final = run_dir / "checkpoints" / "final"
     if main:
-        final = link_checkpoint(save(run_dir, config.max_steps, model, optimizer, config), "final")
+        final = link_checkpoint(last, "final")
         log.close()
     processes.barrier()
     return final
