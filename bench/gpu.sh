@@ -4,10 +4,11 @@
 #   step     one UniRL GRPO step of a random-init Janus-Pro-1B-shaped model, bf16 (bench.step)
 #   rollout  16 prompts x 8 images, guidance 5, 576 tokens: ours, transformers', the bandwidth floor
 #   cli      the README's commands on CUDA with the shipped toy model (eval, train, jigsaw)
+#   tests    the model, recipe and toy tests, which build their models on CUDA when it is there
 # Logs go under ${OUT:-bench-gpu}.
 set -u
 out=${OUT:-bench-gpu}; mkdir -p "$out"
-parts=${*:-step rollout cli}
+parts=${*:-step rollout cli tests}
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 quiet() { grep -v -E "it/s\]|s/it\]"; }
 python3 - <<'PY' 2>&1 | tee "$out/env.log"
@@ -36,4 +37,8 @@ if [[ " $parts " == *" cli "* ]]; then
   } 2>&1 | quiet | tee "$out/cli.log"
   cp "$run"/*/summary.json "$out/" 2>/dev/null
   for f in "$run"/*/summary.json; do echo "$f"; head -c 400 "$f"; echo; done | tee -a "$out/cli.log"
+fi
+if [[ " $parts " == *" tests "* ]]; then
+  timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_janus.py tests/test_model_contract.py \
+    tests/test_unirl.py tests/test_toy.py tests/test_jigsaw_recipe.py 2>&1 | tail -n 40 | tee "$out/tests.log"
 fi
