@@ -47,14 +47,18 @@ def weights_sha256(model_spec: str) -> str | None:
 
 
 def start_fresh_unless_same(out: Path, key: dict[str, Any]) -> None:
-    """A demo resumes its finished parts only when they were made from the same model weights,
-    config and seed; otherwise they are removed (they would be another experiment's numbers)."""
+    """A demo resumes its finished parts only when they were made from the same experiment;
+    otherwise they are removed (they would be another experiment's numbers). The "before"
+    evaluation depends on the model weights and seed alone, so another config keeps it."""
     import shutil
 
     key_file = out / "demo-key.json"
-    if key_file.is_file() and json.loads(key_file.read_text()) == json.loads(json.dumps(key)):
+    old = json.loads(key_file.read_text()) if key_file.is_file() else None
+    key = json.loads(json.dumps(key))
+    if old == key:
         return
-    for part in ("before", "after", "run", "demo.json"):
+    same_model = old is not None and all(old.get(k) == key.get(k) for k in ("model", "weights_sha256", "seed"))
+    for part in ("after", "run", "demo.json") if same_model else ("before", "after", "run", "demo.json"):
         path = out / part
         if path.is_dir():
             shutil.rmtree(path)
