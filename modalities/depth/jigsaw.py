@@ -47,8 +47,9 @@ def pick_points(depth: torch.Tensor, k: int = 6, min_distance: float = 14.0, min
     valid = (depth > 0) & inner
     if not valid.flatten(1).any(1).all():
         raise UnirlError("depth: an image has no valid depth inside the border")
-    flat = torch.multinomial(valid.flatten(1).float(), candidates, replacement=True,
-                             generator=generator)  # [B,M] pixel indices
+    # Drawn where the generator lives (then moved), so a seed picks the same points on every device.
+    weights = valid.flatten(1).float().to(generator.device if generator is not None else depth.device)
+    flat = torch.multinomial(weights, candidates, replacement=True, generator=generator).to(depth.device)  # [B,M]
     xy = torch.stack([flat % w, flat // w], dim=-1).float() + 0.5  # [B,M,2] pixel centres
     z = depth.flatten(1).gather(1, flat)  # [B,M]
     free = torch.ones_like(z, dtype=torch.bool)
