@@ -44,7 +44,8 @@ def main() -> None:
     recipe = get_recipe(str(data.get("recipe", "")), source=args.config)
     config = from_dict(recipe.Config, data, source=args.config)
     run_dir = Path(tempfile.mkdtemp(prefix="unirl-bench-step-"))
-    cuda = torch.cuda.is_available() and config.device in (None, "cuda") or str(config.device).startswith("cuda")
+    device, dtype = resolve_device_dtype(config.device, config.dtype)
+    cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.time()
@@ -60,7 +61,7 @@ def main() -> None:
     result = {
         "config": args.config, "model": args.model or config.model, "steps": steps,
         "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "dtype": str(resolve_device_dtype(config.device, config.dtype)[1]).replace("torch.", ""),
+        "dtype": str(dtype).replace("torch.", ""),
         **{k: getattr(config, k, None) for k in ("bf16", "group_size", "prompts_per_step", "lora_rank", "guidance")},
         "threads": torch.get_num_threads(),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,

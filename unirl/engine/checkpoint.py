@@ -45,17 +45,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(run_dir: str | Path, step: int, model, optimizer: torch.optim.Optimizer | None = None,
                     extra: dict[str, Any] | None = None, name: str | None = None,
-                    tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+                    tensors: dict[str, dict[str, torch.Tensor]] | None = None,
+                    optimizer_state: dict[str, Any] | None = None) -> Path:
     """Write checkpoints/<name or step-n>/ atomically; returns its path. `tensors`: more files,
-    {file name: tensors}, written as safetensors (e.g. LoRA adapters)."""
+    {file name: tensors}, written as safetensors (e.g. LoRA adapters). `optimizer_state`: saved
+    instead of `optimizer.state_dict()` (FSDP's gathered state)."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / (name or f"step-{step}")
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
     try:
         model.save_pretrained(tmp)
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if optimizer_state is None and optimizer is not None:
+            optimizer_state = optimizer.state_dict()
+        if optimizer_state is not None:
+            torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         for filename, named in (tensors or {}).items():
             save_file(named, str(tmp / filename))

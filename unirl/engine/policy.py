@@ -142,17 +142,7 @@ def _save_sharded(run_dir: Path, step: int, model: UnifiedModel, optimizer: torc
         return Path(run_dir) / "checkpoints" / f"step-{step}"
     plain = load_model(config.model, device="cpu", dtype=model.dtype)
     plain.module.load_state_dict(weights)
-    return save_checkpoint(run_dir, step, plain, FullOptimizerState(optimizer_state))
-
-
-class FullOptimizerState:
-    """An optimiser's gathered state, saved where a checkpoint saves `optimizer.state_dict()`."""
-
-    def __init__(self, state: dict):
-        self.state = state
-
-    def state_dict(self) -> dict:
-        return self.state
+    return save_checkpoint(run_dir, step, plain, optimizer_state=optimizer_state)
 
 
 def restore(checkpoint: Path, model: UnifiedModel, optimizer: torch.optim.Optimizer) -> int:

@@ -145,15 +145,11 @@ def cell_labels(scenes: list[Scene], cells: int = IMAGE_SIZE // CELL
     shape = torch.zeros(len(scenes), cells * cells, dtype=torch.long)
     color, size = torch.zeros_like(shape), torch.zeros_like(shape)
     for i, scene in enumerate(scenes):
-        for o, cell in zip(scene.objects, object_cells(scene, cells)):
+        for o in scene.objects:
+            cell = int(o.cy // CELL) * cells + int(o.cx // CELL)
             shape[i, cell], color[i, cell] = SHAPES.index(o.shape) + 1, COLORS.index(o.color) + 1
             size[i, cell] = min(SIZE_BINS - 1, int((o.radius - RADIUS[0]) / (RADIUS[1] - RADIUS[0]) * SIZE_BINS))
     return shape, color, size
-
-
-def object_cells(scene: Scene, cells: int = IMAGE_SIZE // CELL) -> list[int]:
-    """The lattice cell (row-major, as tokens and patches are) of each of the scene's objects."""
-    return [int(o.cy // CELL) * cells + int(o.cx // CELL) for o in scene.objects]
 
 
 def cell_codes(scenes: list[Scene], cells: int = IMAGE_SIZE // CELL) -> torch.Tensor:
