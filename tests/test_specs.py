@@ -56,3 +56,15 @@ def test_draw_tag_balanced_evens_out_an_unbalanced_suite():
     rare = sum(s["tag"] == "rare" for s in drawn) / len(drawn)
     assert 0.45 < rare < 0.55  # drawn by spec it would be 0.05
     assert {s["prompt"] for s in drawn if s["tag"] == "rare"} == {f"r{i}" for i in range(5)}
+
+
+def test_distinct_tag_balanced_takes_one_of_each_tag_before_repeating_and_never_a_spec_twice():
+    import numpy as np
+
+    from unirl.specs import distinct_tag_balanced
+
+    specs = [{"tag": tag, "prompt": f"{tag} {i}"} for tag, n in (("a", 1), ("b", 2), ("c", 5)) for i in range(n)]
+    drawn = distinct_tag_balanced(specs, 6, np.random.default_rng(0))
+    assert len({s["prompt"] for s in drawn}) == 6
+    assert {s["tag"] for s in drawn[:3]} == {"a", "b", "c"} and {s["tag"] for s in drawn[3:5]} == {"b", "c"}
+    assert len(distinct_tag_balanced(specs, 20, np.random.default_rng(0))) == 8

@@ -124,8 +124,11 @@ def test_three_steps_on_each_backend(tmp_path, backend):
                 "rewards/self_vqa/mean", "time/rollout", "time/judge", "time/learn", "images_per_second"):
         assert key in rows[-1], key
     assert all(math.isfinite(r["loss"]) for r in rows)
-    samples = (run / "samples" / "step-2" / "samples.jsonl").read_text().splitlines()
-    assert len(samples) == 4 and (run / "samples" / "step-2" / "000.png").is_file()
+    samples = [json.loads(line) for line in (run / "samples" / "step-2" / "samples.jsonl").read_text().splitlines()]
+    tracked = [r for r in samples if r.get("tracked")]
+    assert len(samples) - len(tracked) == 4 and (run / "samples" / "step-2" / "000.png").is_file()
+    # the test suite's two tags, one prompt of each
+    assert len({r["prompt"] for r in tracked}) == len(tracked) == 2
     reloaded = load_model(str(final), device="cpu", dtype="float32")
     assert reloaded.generate_images(["a photo of a red circle"], 1, seed=0).images.shape[0] == 1
     # Training changed the weights.

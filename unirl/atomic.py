@@ -11,6 +11,10 @@ from pathlib import Path
 
 from unirl.errors import UnirlError
 
+# mkstemp/mkdtemp make private (0600/0700) files; what we publish gets the usual umask permissions.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
@@ -24,6 +28,7 @@ def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -42,6 +47,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -118,6 +118,12 @@ def cmd_eval_jigsaw(args: argparse.Namespace) -> None:
         print(json.dumps({k: v for k, v in summary.items() if k != "recipe"}))
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from unirl.viz import write_report
+
+    print(write_report(args.run_dir))
+
+
 def cmd_pretrain_toy(args: argparse.Namespace) -> None:
     from unirl.config import apply_overrides, from_dict, to_dict
     from unirl.recipes.pretrain_toy import PretrainToyConfig, pretrain_toy
@@ -142,13 +148,6 @@ def print_summary(summary: dict, as_json: bool) -> None:
     print(format_summary(summary))
     if as_json:
         print(json.dumps(summary))
-
-
-def not_available(what: str):
-    def run(args: argparse.Namespace) -> None:
-        raise UnirlError(f"unirl {what}: not available yet")
-
-    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,8 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "heldout"], default="heldout", help="for shapes")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_prompts)
-    p = sub.add_parser("report", help="write RUN_DIR/report.html")
-    p.set_defaults(func=not_available("report"))
+    p = sub.add_parser("report", help="write RUN_DIR/report.html (one self-contained page; works mid-run)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (unirl train --out), or make demo's runs/demo")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("pretrain-toy", help="rebuild the shipped toy model from scratch")
     p.add_argument("--out", required=True, help="output model folder")
     p.add_argument("--overwrite", action="store_true")

@@ -34,6 +34,9 @@ class RunConfig:
     save_every: int = 50
     """Write a checkpoint every this many steps (and always at the end)."""
     log_every: int = 1
+    sample_every: int = 10
+    """Write samples/step-<n>/ (images and what the model answered, with rewards) every this many
+    steps; 0: never. `unirl report` shows them."""
     device: str | None = None
     """None picks cuda when available, else cpu."""
     dtype: str | None = None

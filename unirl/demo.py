@@ -4,7 +4,8 @@
    understanding accuracy on held-out scenes;
 2. train configs/unirl/toy_grpo.yaml (the model rewards itself with its own yes/no answers;
    held-out prompts are never trained on);
-3. after: the same two evaluations of RUN/checkpoints/final, and a before/after table.
+3. after: the same two evaluations of RUN/checkpoints/final, a before/after table, and
+   OUT/report.html (`unirl report OUT`).
 
 Re-running continues an interrupted run and reuses finished evaluations. Without the shipped toy
 model (assets/toy-janus) it runs the same steps on the random-init janus-tiny, a smoke test only.
@@ -108,7 +109,9 @@ def main(argv: list[str] | None = None) -> None:
                                                "overrides": args.overrides, "seed": args.seed,
                                                "steps": config.max_steps, "before": before, "after": after},
                                               indent=1) + "\n")
-    print(f"\nrun in {run}; before/after in {out / 'demo.json'}")
+    from unirl.viz import write_report
+
+    print(f"\nrun in {run}; before/after in {out / 'demo.json'}; report: {write_report(out)}")
 
 
 if __name__ == "__main__":

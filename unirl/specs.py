@@ -106,15 +106,27 @@ def draw_tag_balanced(specs: list[Spec], n: int, rng: np.random.Generator) -> li
     """n specs, each from a tag drawn uniformly, then uniformly within the tag. GenEval's overall
     is a mean over tags and suites are rarely balanced (shapes:train is 94% color_attr), so
     drawing by spec would train and choose settings on one tag."""
-    by_tag: dict[str, list[Spec]] = {}
-    for spec in specs:
-        by_tag.setdefault(str(spec.get("tag", "")), []).append(spec)
-    groups = list(by_tag.values())
+    groups = by_tag(specs)
     drawn = []
     for _ in range(n):
         group = groups[rng.integers(len(groups))]
         drawn.append(group[rng.integers(len(group))])
     return drawn
+
+
+def distinct_tag_balanced(specs: list[Spec], n: int, rng: np.random.Generator) -> list[Spec]:
+    """Up to n distinct specs, taking one of each tag (in a random order) before a second of any."""
+    groups = [[g[i] for i in rng.permutation(len(g))] for g in by_tag(specs)]
+    groups = [groups[i] for i in rng.permutation(len(groups))]
+    ranked = [g[depth] for depth in range(max(map(len, groups), default=0)) for g in groups if depth < len(g)]
+    return ranked[:n]
+
+
+def by_tag(specs: list[Spec]) -> list[list[Spec]]:
+    groups: dict[str, list[Spec]] = {}
+    for spec in specs:
+        groups.setdefault(str(spec.get("tag", "")), []).append(spec)
+    return list(groups.values())
 
 
 def relative_position(box_a: Sequence[float], box_b: Sequence[float],

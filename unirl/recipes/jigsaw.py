@@ -94,6 +94,30 @@ def score_answers(texts: list[str], answers: torch.Tensor, config: Config) -> tu
     return torch.tensor(rewards), {"exact_accuracy": sum(exact) / len(exact), "format_valid": sum(valid) / len(valid)}
 
 
+def write_samples(run_dir: Path, step: int, puzzles: Puzzles, texts: list[str], rewards: torch.Tensor,
+                  config: Config, limit: int = 8) -> None:
+    """samples/step-<n>/: each puzzle's pieces as the model saw them (p<i>-<j>.png), the first
+    answer of its group, the parsed order, the truth and the reward (samples.jsonl)."""
+    from modalities.image.io import save_images
+    from unirl.atomic import atomic_dir
+
+    task = config.task
+    with atomic_dir(run_dir / "samples" / f"step-{step}", overwrite=True) as tmp:
+        rows = []
+        for i in range(min(limit, len(puzzles.questions))):
+            pieces = puzzles.images[i]
+            names = [f"p{i}-{j}.png" for j in range(len(pieces))]
+            save_images(pieces, [tmp / n for n in names])
+            answer = i * config.group_size  # the first answer of the puzzle's group
+            truth = puzzles.answers[i].tolist()
+            rows.append({"modality": task.modality, "pieces": names, "question": puzzles.questions[i],
+                         "answer": texts[answer], "order": parse_order(texts[answer]), "truth": truth,
+                         "reward": round(float(rewards[answer]), 4),
+                         "grid": [task.rows, task.cols] if task.modality == "image" else None,
+                         "frames_per_piece": len(pieces) // len(truth) if task.modality == "video" else 1})
+        (tmp / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
           processes: Processes | None = None) -> Path:
     """Train, writing into `run_dir` (metrics, samples, checkpoints); return the final checkpoint."""
@@ -177,6 +201,8 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
         bar.set_postfix(reward=f"{metrics['reward']:.3f}", exact=f"{rates['exact_accuracy']:.2f}")
         if (step + 1) % config.log_every == 0 or step == config.max_steps - 1:
             log.log(step + 1, metrics)
+        if config.sample_every and (step + 1) % config.sample_every == 0:
+            write_samples(run_dir, step + 1, puzzles, rollout.texts, rewards, config)
         if (step + 1) % config.save_every == 0 and step + 1 < config.max_steps:
             save(run_dir, step + 1, model, optimizer, config)
     final = link_checkpoint(save(run_dir, config.max_steps, model, optimizer, config), "final")

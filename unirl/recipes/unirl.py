@@ -35,7 +35,7 @@ from unirl.errors import UnirlError
 from unirl.models import ImageRollout, UnifiedModel
 from unirl.progress import progress
 from unirl.rewards.self_judges import SelfQAReward, SelfVQAReward, WeightedSum, flatten_per_image
-from unirl.specs import Spec, draw_tag_balanced, open_question, yes_no_questions
+from unirl.specs import Spec, distinct_tag_balanced, draw_tag_balanced, open_question, yes_no_questions
 
 
 @dataclass
@@ -68,8 +68,12 @@ class Config(PolicyConfig):
     """Weight of the image-token NLL of accepted images (rejection-sampling fine-tuning)."""
     accept_threshold: float = 0.5
     """An image is accepted for SFT when its combined reward is at least this."""
-    sample_every: int = 10
-    """Write samples/step-<n>/ (PNG + prompts, rewards, answers) every this many steps; 0: never."""
+    track_prompts: int = 4
+    """At every sample step, also draw and judge one image for each of this many fixed training
+    prompts with a fixed seed (samples/step-<n>/tracked-*.png), for the report's across-steps view."""
+
+
+TRACK_SEED = 999_999_937  # the tracked prompts' sampling seed; no training step's seed reaches it
 
 
 def build_judge(config: Config, model: UnifiedModel) -> WeightedSum:
@@ -122,24 +126,52 @@ def distinct_fraction(tokens: torch.Tensor, group_size: int) -> float:
     return float(np.mean([len(torch.unique(g, dim=0)) / group_size for g in groups]))
 
 
-def write_samples(run_dir: Path, step: int, images: torch.Tensor, specs: list[Spec], rewards: torch.Tensor,
-                  info: dict[str, Any]) -> None:
+def sample_rows(names: list[str], specs: list[Spec], rewards: torch.Tensor, info: dict[str, Any]
+                ) -> list[dict[str, Any]]:
+    """samples.jsonl rows: image file, prompt, reward, each judge's reward and the model's answers."""
+    rows = []
+    for i, (name, spec) in enumerate(zip(names, specs)):
+        row = {"image": name, "prompt": spec["prompt"], "reward": round(float(rewards[i]), 4),
+               "rewards": {k: round(float(v[i]), 4) for k, v in info["per_judge"].items()}}
+        if "self_vqa" in info:
+            row["self_vqa"] = info["self_vqa"]["questions"][i]
+        if "self_qa" in info:
+            qa = info["self_qa"]
+            row["self_qa"] = {"question": qa["question"][i], "answer": qa["answer"][i]}
+        rows.append(row)
+    return rows
+
+
+Judged = tuple[torch.Tensor, list[Spec], torch.Tensor, dict[str, Any]]  # images, specs, rewards, judge info
+
+
+def write_samples(run_dir: Path, step: int, rollout: Judged, tracked: Judged | None = None) -> None:
+    """samples/step-<n>/: the rollout's images (000.png …) and the tracked prompts' (tracked-000.png …,
+    rows marked "tracked"), with samples.jsonl."""
     from modalities.image.io import save_images
     from unirl.atomic import atomic_dir
 
     with atomic_dir(run_dir / "samples" / f"step-{step}", overwrite=True) as tmp:
-        names = [f"{i:03d}.png" for i in range(len(specs))]
-        save_images(images, [tmp / n for n in names])
-        with open(tmp / "samples.jsonl", "w") as f:
-            for i, (name, spec) in enumerate(zip(names, specs)):
-                row = {"image": name, "prompt": spec["prompt"], "reward": round(float(rewards[i]), 4),
-                       "rewards": {k: round(float(v[i]), 4) for k, v in info["per_judge"].items()}}
-                if "self_vqa" in info:
-                    row["self_vqa"] = info["self_vqa"]["questions"][i]
-                if "self_qa" in info:
-                    qa = info["self_qa"]
-                    row["self_qa"] = {"question": qa["question"][i], "answer": qa["answer"][i]}
-                f.write(json.dumps(row) + "\n")
+        rows = []
+        for prefix, judged in (("", rollout), ("tracked-", tracked)):
+            if judged is None:
+                continue
+            images, specs, rewards, info = judged
+            names = [f"{prefix}{i:03d}.png" for i in range(len(specs))]
+            save_images(images, [tmp / n for n in names])
+            rows += [r | {"tracked": True} if prefix else r for r in sample_rows(names, specs, rewards, info)]
+        (tmp / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def judge_tracked(model: UnifiedModel, judge: WeightedSum, specs: list[Spec], guidance: float, config: Config
+                  ) -> Judged:
+    """One image per tracked prompt, from the same seed at every sample step, judged: side by side
+    across steps they show what training did to the same prompt and noise."""
+    with torch.no_grad(), autocast(config, model):
+        rollout = model.generate_images([s["prompt"] for s in specs], num_per_prompt=1, guidance=guidance,
+                                        temperature=config.temperature, seed=config.seed * 1_000_003 + TRACK_SEED)
+        rewards, info = judge(rollout.images, specs)
+    return rollout.images, specs, rewards, info
 
 
 def learn(model: UnifiedModel, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
@@ -223,6 +255,8 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
     if start == 0 and main:
         (run_dir / "recipe.json").write_text(json.dumps(recipe, indent=1) + "\n")
     bad_steps = 0
+    tracked_specs = distinct_tag_balanced(suite.specs, config.track_prompts,
+                                          np.random.default_rng([config.seed, TRACK_SEED]))
 
     bar = progress(range(start, config.max_steps), desc="unirl", initial=start, total=config.max_steps,
                    disable=not main)
@@ -283,8 +317,11 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
         bar.set_postfix(reward=f"{metrics['reward']:.3f}")
         if main and ((step + 1) % config.log_every == 0 or step == config.max_steps - 1):
             log.log(step + 1, metrics)
-        if main and config.sample_every and (step + 1) % config.sample_every == 0:
-            write_samples(run_dir, step + 1, rollout.images, per_image, rewards, info)  # the main process's share
+        if config.sample_every and (step + 1) % config.sample_every == 0:
+            # Every process generates the tracked images (a sharded model needs them all); the main writes.
+            tracked = judge_tracked(model, judge, tracked_specs, guidance, config) if tracked_specs else None
+            if main:  # the rollout images: the main process's share
+                write_samples(run_dir, step + 1, (rollout.images, per_image, rewards, info), tracked)
         if (step + 1) % config.save_every == 0 and step + 1 < config.max_steps:
             save(run_dir, step + 1, model, optimizer, config, processes)
             processes.barrier()
