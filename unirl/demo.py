@@ -72,13 +72,14 @@ def start_fresh_unless_same(out: Path, key: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> None:
     from unirl.config import apply_overrides, from_dict, read_yaml
     from unirl.engine.run import prepare_run_dir
-    from unirl.recipes.unirl import Config, train
+    from unirl.recipes import get_recipe
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/demo")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-steps", type=int, default=None)
-    parser.add_argument("--config", default=str(CONFIG), help="a unirl recipe config (default: toy_grpo.yaml)")
+    parser.add_argument("--config", default=str(CONFIG),
+                        help="a recipe config that generates images: unirl or ospo (default: unirl/toy_grpo.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as for `unirl train`")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -88,14 +89,15 @@ def main(argv: list[str] | None = None) -> None:
     data = apply_overrides(read_yaml(args.config) | {"model": model_spec, "seed": args.seed}, args.overrides)
     if args.max_steps is not None:
         data["max_steps"] = args.max_steps
-    config = from_dict(Config, data, source=args.config)
+    recipe = get_recipe(str(data.get("recipe", "")), source=args.config)
+    config = from_dict(recipe.Config, data, source=args.config)
     start_fresh_unless_same(out, {"model": model_spec, "weights_sha256": weights_sha256(model_spec),
                                   "config": data, "seed": args.seed})
     before = evaluate(model_spec, out / "before", args.seed)
     run = out / "run"
     final = run / "checkpoints" / "final"
     if not final.is_dir():
-        train(config, run, prepare_run_dir(run, config, resume=False))
+        recipe.train(config, run, prepare_run_dir(run, config, resume=False))
     after = evaluate(str(final), out / "after", args.seed)
 
     rows = [("GenEval overall (held-out)", "geneval")] + \

@@ -28,6 +28,7 @@ Spec = dict[str, Any]
 POSITION_THRESHOLD = 0.1
 
 RELATIONS = ("left of", "right of", "above", "below")
+OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 
 

@@ -26,6 +26,7 @@ import torch
 from unirl.specs import (
     COLORS,
     NUMBER_WORDS,
+    OPPOSITE,
     RELATIONS,
     Spec,
     count_question,
@@ -328,4 +329,3 @@ def most_numerous_question(scene: Scene) -> tuple[str, str, str] | None:
     return ("count", how_many_question(shape), NUMBER_WORDS[counts[shape]]) if counts[shape] > 1 else None
 
 
-OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}

@@ -28,20 +28,13 @@ class PolicyConfig(RunConfig):
     """Policy, optimiser, GRPO and LoRA fields, named as in TRL's GRPOConfig where one exists."""
 
     group_size: int = 8
-    """Samples per prompt: the group whose rewards are normalised together (TRL: num_generations)."""
+    """Samples per prompt (TRL: num_generations): GRPO's group, whose rewards are normalised
+    together; OSPO's G images per prompt."""
     temperature: float = 1.0
     learning_rate: float = 1e-5
     weight_decay: float = 0.0
     warmup_steps: int = 0
     max_grad_norm: float = 1.0
-    num_iterations: int = 1
-    """μ: optimiser passes over each rollout batch (the ratio departs from 1 after the first)."""
-    epsilon_low: float = 0.2
-    epsilon_high: float = 0.2
-    beta: float = 0.0
-    """KL coefficient (k3 estimator) to the frozen initial weights; 0 keeps no reference copy."""
-    scale_rewards: bool = True
-    """Divide advantages by the group's reward std (DeepSeekMath); False: mean-centred only (Dr. GRPO)."""
     lora_rank: int = 0
     """LoRA rank; 0 fine-tunes the whole LM (image tokenizer and vision tower stay frozen either way)."""
     lora_alpha: float = 16.0
@@ -59,13 +52,27 @@ class PolicyConfig(RunConfig):
     not fit one device. Full fine-tuning only (LoRA's adapters are small enough to replicate)."""
 
 
+@dataclass
+class GRPOConfig(PolicyConfig):
+    """The GRPO fields of the recipes that train with `unirl.algorithms.grpo` (UniRL, Visual Jigsaw)."""
+
+    num_iterations: int = 1
+    """μ: optimiser passes over each rollout batch (the ratio departs from 1 after the first)."""
+    epsilon_low: float = 0.2
+    epsilon_high: float = 0.2
+    beta: float = 0.0
+    """KL coefficient (k3 estimator) to the frozen initial weights; 0 keeps no reference copy."""
+    scale_rewards: bool = True
+    """Divide advantages by the group's reward std (DeepSeekMath); False: mean-centred only (Dr. GRPO)."""
+
+
 ScoreReference = Callable[[Callable[[UnifiedModel], torch.Tensor]], "torch.Tensor | None"]
 
 
-def build_policy(config: PolicyConfig, resume_from: Path | None, processes: Processes = ONE_PROCESS
-                 ) -> tuple[UnifiedModel, list[torch.nn.Parameter], ScoreReference]:
+def build_policy(config: PolicyConfig, resume_from: Path | None, processes: Processes = ONE_PROCESS,
+                 reference: bool = False) -> tuple[UnifiedModel, list[torch.nn.Parameter], ScoreReference]:
     """The model being trained, the parameters it trains, and `score_reference(fn)`: fn applied
-    to the reference model without grad (None when beta is 0).
+    to the reference model without grad (None without `reference`: GRPO's KL at beta 0, OSPO).
 
     Full fine-tuning trains `trainable_parameters()` (not the image tokenizer or vision tower) and
     keeps a frozen copy of the initial weights as the reference. LoRA trains adapters only; its
@@ -87,8 +94,8 @@ def build_policy(config: PolicyConfig, resume_from: Path | None, processes: Proc
         trainable = {name for name, _ in named}
         for name, p in model.module.named_parameters():
             p.requires_grad_(name in trainable)
-    reference = None
-    if config.beta > 0 and not lora:  # frozen initial weights (reloaded when resuming)
+    wants_reference, reference = reference, None
+    if wants_reference and not lora:  # frozen initial weights (reloaded when resuming)
         reference = copy.deepcopy(model) if resume_from is None else \
             load_model(config.model, device=config.device, dtype=config.dtype)
         reference.module.requires_grad_(False)
@@ -101,7 +108,7 @@ def build_policy(config: PolicyConfig, resume_from: Path | None, processes: Proc
 
     @torch.no_grad()
     def score_reference(score: Callable[[UnifiedModel], torch.Tensor]) -> torch.Tensor | None:
-        if config.beta <= 0:
+        if not wants_reference:
             return None
         with adapters_disabled(model.module) if lora else nullcontext():
             return score(reference or model)

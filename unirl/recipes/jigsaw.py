@@ -30,7 +30,7 @@ from unirl.algorithms.grpo import group_advantages, grpo_loss
 from unirl.engine.checkpoint import link_checkpoint
 from unirl.engine.distributed import Processes, init_processes
 from unirl.engine.metrics import MetricsLogger, rounded
-from unirl.engine.policy import PolicyConfig, autocast, build_policy, learning_rate, restore, save
+from unirl.engine.policy import GRPOConfig, autocast, build_policy, learning_rate, restore, save
 from unirl.errors import UnirlError
 from unirl.models import UnifiedModel
 from unirl.progress import progress
@@ -38,7 +38,7 @@ from unirl.rewards.jigsaw import jigsaw_reward, parse_order
 
 
 @dataclass
-class Config(PolicyConfig):
+class Config(GRPOConfig):
     """Visual Jigsaw's GRPO on answers. The task fields are `JigsawTask`'s."""
 
     recipe: str = "jigsaw"
@@ -53,6 +53,9 @@ class Config(PolicyConfig):
     repetition_penalty: float = 0.0
     format_warmup_steps: int = 0
     """NLL steps on random permutations before GRPO, for models that have never written the answer's form."""
+    format_warmup_lr: float | None = None
+    """The warm-up's learning rate (None: learning_rate). The toy has never seen a digit or a comma:
+    their embeddings start from random and need a larger step than RL fine-tuning takes."""
 
 
 def label_list(order: torch.Tensor) -> str:
@@ -64,6 +67,8 @@ def format_warmup(model: UnifiedModel, params: list[torch.nn.Parameter], optimiz
     """NLL of random permutations as answers to real puzzles (drawn with seeds no training step
     uses): the answer's form, not its content."""
     losses = []
+    for group in optimizer.param_groups:
+        group["lr"] = config.format_warmup_lr or config.learning_rate
     for step in progress(range(config.format_warmup_steps), desc="format warm-up"):
         seed = 2**40 + config.seed * 1_000_003 + step  # beyond any training step's seed
         puzzles = make_puzzles(config.task, config.data, config.puzzles_per_step, seed=seed, device=model.device)
@@ -126,7 +131,7 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
     if processes.world > 1:
         raise UnirlError("jigsaw: one process for now (run without accelerate launch)")
     torch.manual_seed(config.seed)
-    model, params, score_reference = build_policy(config, resume_from)
+    model, params, score_reference = build_policy(config, resume_from, reference=config.beta > 0)
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     start = restore(resume_from, model, optimizer) if resume_from is not None else 0
     log = MetricsLogger(run_dir, resume_step=start if resume_from else None, tensorboard=False)

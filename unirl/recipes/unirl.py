@@ -30,18 +30,19 @@ from unirl.algorithms.grpo import group_advantages, grpo_loss
 from unirl.engine.checkpoint import link_checkpoint
 from unirl.engine.distributed import ONE_PROCESS, Processes, clip_grad_norm, init_processes
 from unirl.engine.metrics import MetricsLogger, rounded
-from unirl.engine.policy import PolicyConfig, autocast, build_policy, learning_rate, restore, save
+from unirl.engine.policy import GRPOConfig, autocast, build_policy, learning_rate, restore, save
+from unirl.engine.samples import judge_tracked, tracked_specs, write_samples
 from unirl.errors import UnirlError
 from unirl.models import ImageRollout, UnifiedModel
 from unirl.progress import progress
 from unirl.rewards.self_judges import SelfQAReward, SelfVQAReward, WeightedSum, flatten_per_image
-from unirl.specs import Spec, distinct_tag_balanced, draw_tag_balanced, open_question, yes_no_questions
+from unirl.specs import Spec, draw_tag_balanced, open_question, yes_no_questions
 
 
 @dataclass
-class Config(PolicyConfig):
+class Config(GRPOConfig):
     """UniRL's GRPO + SFT. Field names follow TRL's GRPOConfig where one exists; the policy,
-    optimiser, GRPO and LoRA fields are `PolicyConfig`'s."""
+    optimiser, GRPO and LoRA fields are `GRPOConfig`'s."""
 
     recipe: str = "unirl"
     prompts: str = "shapes:train"
@@ -71,9 +72,6 @@ class Config(PolicyConfig):
     track_prompts: int = 4
     """At every sample step, also draw and judge one image for each of this many fixed training
     prompts with a fixed seed (samples/step-<n>/tracked-*.png), for the report's across-steps view."""
-
-
-TRACK_SEED = 999_999_937  # the tracked prompts' sampling seed; no training step's seed reaches it
 
 
 def build_judge(config: Config, model: UnifiedModel) -> WeightedSum:
@@ -124,54 +122,6 @@ def distinct_fraction(tokens: torch.Tensor, group_size: int) -> float:
     falls towards 1/group_size as the policy collapses)."""
     groups = tokens.view(-1, group_size, tokens.shape[-1])
     return float(np.mean([len(torch.unique(g, dim=0)) / group_size for g in groups]))
-
-
-def sample_rows(names: list[str], specs: list[Spec], rewards: torch.Tensor, info: dict[str, Any]
-                ) -> list[dict[str, Any]]:
-    """samples.jsonl rows: image file, prompt, reward, each judge's reward and the model's answers."""
-    rows = []
-    for i, (name, spec) in enumerate(zip(names, specs)):
-        row = {"image": name, "prompt": spec["prompt"], "reward": round(float(rewards[i]), 4),
-               "rewards": {k: round(float(v[i]), 4) for k, v in info["per_judge"].items()}}
-        if "self_vqa" in info:
-            row["self_vqa"] = info["self_vqa"]["questions"][i]
-        if "self_qa" in info:
-            qa = info["self_qa"]
-            row["self_qa"] = {"question": qa["question"][i], "answer": qa["answer"][i]}
-        rows.append(row)
-    return rows
-
-
-Judged = tuple[torch.Tensor, list[Spec], torch.Tensor, dict[str, Any]]  # images, specs, rewards, judge info
-
-
-def write_samples(run_dir: Path, step: int, rollout: Judged, tracked: Judged | None = None) -> None:
-    """samples/step-<n>/: the rollout's images (000.png …) and the tracked prompts' (tracked-000.png …,
-    rows marked "tracked"), with samples.jsonl."""
-    from modalities.image.io import save_images
-    from unirl.atomic import atomic_dir
-
-    with atomic_dir(run_dir / "samples" / f"step-{step}", overwrite=True) as tmp:
-        rows = []
-        for prefix, judged in (("", rollout), ("tracked-", tracked)):
-            if judged is None:
-                continue
-            images, specs, rewards, info = judged
-            names = [f"{prefix}{i:03d}.png" for i in range(len(specs))]
-            save_images(images, [tmp / n for n in names])
-            rows += [r | {"tracked": True} if prefix else r for r in sample_rows(names, specs, rewards, info)]
-        (tmp / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def judge_tracked(model: UnifiedModel, judge: WeightedSum, specs: list[Spec], guidance: float, config: Config
-                  ) -> Judged:
-    """One image per tracked prompt, from the same seed at every sample step, judged: side by side
-    across steps they show what training did to the same prompt and noise."""
-    with torch.no_grad(), autocast(config, model):
-        rollout = model.generate_images([s["prompt"] for s in specs], num_per_prompt=1, guidance=guidance,
-                                        temperature=config.temperature, seed=config.seed * 1_000_003 + TRACK_SEED)
-        rewards, info = judge(rollout.images, specs)
-    return rollout.images, specs, rewards, info
 
 
 def learn(model: UnifiedModel, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
@@ -242,7 +192,7 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
     suite = load_suite(config.prompts)
     if not suite.specs:
         raise UnirlError(f"prompts {config.prompts}: no prompts")
-    model, params, score_reference = build_policy(config, resume_from, processes)
+    model, params, score_reference = build_policy(config, resume_from, processes, reference=config.beta > 0)
     guidance = model.default_guidance if config.guidance is None else config.guidance
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     start = restore(resume_from, model, optimizer) if resume_from is not None else 0
@@ -255,8 +205,7 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
     if start == 0 and main:
         (run_dir / "recipe.json").write_text(json.dumps(recipe, indent=1) + "\n")
     bad_steps = 0
-    tracked_specs = distinct_tag_balanced(suite.specs, config.track_prompts,
-                                          np.random.default_rng([config.seed, TRACK_SEED]))
+    tracked = tracked_specs(suite.specs, config.track_prompts, config.seed)
 
     bar = progress(range(start, config.max_steps), desc="unirl", initial=start, total=config.max_steps,
                    disable=not main)
@@ -319,9 +268,9 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
             log.log(step + 1, metrics)
         if config.sample_every and (step + 1) % config.sample_every == 0:
             # Every process generates the tracked images (a sharded model needs them all); the main writes.
-            tracked = judge_tracked(model, judge, tracked_specs, guidance, config) if tracked_specs else None
+            judged = judge_tracked(model, judge, tracked, guidance, config) if tracked else None
             if main:  # the rollout images: the main process's share
-                write_samples(run_dir, step + 1, (rollout.images, per_image, rewards, info), tracked)
+                write_samples(run_dir, step + 1, (rollout.images, per_image, rewards, info), judged)
         if (step + 1) % config.save_every == 0 and step + 1 < config.max_steps:
             save(run_dir, step + 1, model, optimizer, config, processes)
             processes.barrier()
