@@ -112,6 +112,11 @@ def test_ospo_run_on_janus_tiny_builds_pairs_trains_and_resumes(tmp_path, loss):
     tracked = (run / "samples" / "step-2" / "samples.jsonl").read_text().splitlines()
     assert tracked and all(json.loads(r)["tracked"] for r in tracked)
     load_model(str(run / "checkpoints" / "final"))
+    from unirl.viz import write_report
+
+    report = write_report(run).read_text()
+    pairs_html = report[report.index("<h2>Preference pairs"):]
+    assert pairs_html.count('width="96"') == 8 and pairs[0]["negative_prompt"] in pairs_html
     made = (run / "pairs" / "tokens.safetensors").stat().st_mtime_ns
     assert main(args[:-4] + ["max_steps=3", "save_every=2", "sample_every=2", "lora_rank=4", f"loss={loss}",
                              "--resume"]) == 0

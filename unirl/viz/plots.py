@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from unirl.viz.html import View, esc
+from unirl.viz.html import View, esc, table
 
 # Plotted first when present: the signals people judge a post-training run by.
 PREFERRED = ("reward", "reward_std", "exact_accuracy", "accuracy", "format_valid", "kl", "entropy",
@@ -91,14 +91,19 @@ def line_plot(steps: list[float], values: list[float], title: str, width: int = 
 
 def metric_plots(source: str | Path | list[dict[str, Any]], keys: list[str] | None = None) -> View:
     """Plots of metrics over steps from a run directory, its metrics.jsonl or rows: by default
-    reward, accuracy, KL, entropy, diversity and the rest that were logged (up to 12)."""
+    reward, accuracy, KL, entropy, diversity and the rest that were logged (up to 12). Metrics
+    logged once (a recipe's set-up, such as OSPO's pair counts) are a table instead."""
     rows = read_metric_rows(source)
     keys = plotted_keys(rows) if keys is None else keys
     if not rows or not keys:
         return View('<p class="ur-muted">no metrics logged yet</p>', "metrics")
-    plots = []
+    plots, once = [], []
     for key in keys:
         series = [(float(r["step"]), float(r[key])) for r in rows
                   if "step" in r and isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
-        plots.append(line_plot([s for s, _ in series], [v for _, v in series], key))
-    return View(f'<div class="ur-plots">{"".join(plots)}</div>', "metrics")
+        if len(series) == 1:
+            once.append([key, series[0][1]])
+        else:
+            plots.append(line_plot([s for s, _ in series], [v for _, v in series], key))
+    table_html = table(["logged once", "value"], once) if once else ""
+    return View(f'{table_html}<div class="ur-plots">{"".join(plots)}</div>', "metrics")

@@ -90,6 +90,29 @@ def newest_samples(step: Path, limit: int = 16) -> str:
     return f"<h2>Newest samples ({esc(step.name)})</h2>{body}"
 
 
+def pairs_section(run: Path, limit: int = 12) -> str:
+    """An OSPO run's self-made preference pairs: the prompt and its chosen image beside the hard
+    negative prompt and its rejected image, with the self-VQA margins that chose them."""
+    folder = run / "pairs"
+    if not (folder / "pairs.jsonl").is_file():
+        return ""
+    rows = [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines() if line.strip()]
+    counts = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else {}
+    body = []
+    for i, r in enumerate(rows[:limit]):
+        chosen, rejected = folder / "images" / f"{i:04d}-chosen.png", folder / "images" / f"{i:04d}-rejected.png"
+        cells = [f'<img src="{image_uri(p)}" width="96">' if p.is_file() else "" for p in (chosen, rejected)]
+        margins = ", ".join(f"{q} {c:+.2f} / {n:+.2f}" for q, c, n in
+                            zip(r["questions"], r["chosen_margins"], r["rejected_margins"]))
+        body.append(f"<tr><td>{esc(r['prompt'])}</td><td>{cells[0]}</td><td>{esc(r['negative_prompt'])}<br>"
+                    f'<span class="ur-muted">{esc(r["edit"])}: {esc(r["what"])}</span></td><td>{cells[1]}</td>'
+                    f"<td>{esc(margins)}</td></tr>")
+    header = "<tr><th>prompt</th><th>chosen</th><th>hard negative</th><th>rejected</th>" \
+             "<th>self-VQA margin chosen / rejected</th></tr>"
+    return (f"<h2>Preference pairs</h2><p class=\"ur-muted\">{esc(json.dumps(counts))}; the first "
+            f"{min(limit, len(rows))} of {len(rows)}</p><table>{header}{''.join(body)}</table>")
+
+
 def summary_scores(summary: dict[str, Any]) -> dict[str, float]:
     """The headline numbers of an evaluation summary (GenEval, understanding, jigsaw)."""
     scores = {}
@@ -158,6 +181,7 @@ def build_report(run_dir: str | Path) -> str:
                                                      for k, v in recipe.items()]),
             f"<details><summary>config.yaml</summary><pre>{esc(config_text)}</pre></details>",
             "<h2>Metrics</h2>" + metric_plots(rows).body,
+            pairs_section(run),
             tracked_table(steps),
             newest_samples(steps[-1]) if steps else "",
             evaluation_section(root)]
