@@ -134,7 +134,8 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
     model, params, score_reference = build_policy(config, resume_from, reference=config.beta > 0)
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     start = restore(resume_from, model, optimizer) if resume_from is not None else 0
-    log = MetricsLogger(run_dir, resume_step=start if resume_from else None, tensorboard=False)
+    # From a checkpoint: lines after it are dropped; from scratch (an interrupted first stretch): all of them.
+    log = MetricsLogger(run_dir, resume_step=start if resume_from else -1, tensorboard=False)
     if start == 0:
         recipe = {"model": config.model, "modality": config.task.modality, "data": config.data, "seed": config.seed,
                   "temperature": config.temperature, "group_size": config.group_size, "pieces": config.task.pieces,

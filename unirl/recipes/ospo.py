@@ -220,7 +220,7 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
     model, params, score_reference = build_policy(config, resume_from, reference=config.loss == "dpo")
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     start = restore(resume_from, model, optimizer) if resume_from is not None else 0
-    log = MetricsLogger(run_dir, resume_step=start if resume_from else None, tensorboard=False)
+    log = MetricsLogger(run_dir, resume_step=start, tensorboard=False)  # step 0 (the pairs) stays with the pairs
     guidance = model.default_guidance if config.guidance is None else config.guidance
 
     # 1-3. Initial prompts, hard negatives, self-judged pairs: once per run, from the initial model.
@@ -247,6 +247,7 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
     judge = WeightedSum({"self_vqa": (SelfVQAReward(model), 1.0)})
 
     # 4. Learn.
+    bad_steps = 0
     bar = progress(range(start, config.max_steps), desc="ospo", initial=start, total=config.max_steps)
     for step in bar:
         t0 = time.time()
@@ -272,13 +273,18 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
                     p, t, guidance=1.0, temperature=config.temperature).float())
             total, ref_total = logps.sum(-1), ref.sum(-1)
             loss, stats = dpo_loss(total[:n], total[n:2 * n], ref_total[:n], ref_total[n:], config.dpo_beta)
-        if not torch.isfinite(loss):
-            raise UnirlError(f"step {step}: loss is not finite; lower learning_rate")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        optimizer.step()
-        metrics = rounded({"loss": loss.item(), "grad_norm": float(grad_norm), **stats,
+        finite = bool(torch.isfinite(loss))
+        bad_steps = 0 if finite else bad_steps + 1
+        if bad_steps >= config.max_bad_steps:
+            raise UnirlError(f"step {step}: loss not finite for {bad_steps} steps in a row "
+                             f"(max_bad_steps={config.max_bad_steps}); stopping. Lower learning_rate.")
+        grad_norm = torch.zeros(())
+        if finite:  # a non-finite step is skipped and counted
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+        metrics = rounded({"loss": loss.item(), "grad_norm": float(grad_norm), **stats, "skipped": int(not finite),
                            "learning_rate": learning_rate(config, step), "time/learn": time.time() - t0})
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{stats['rewards/accuracies']:.2f}")
         if (step + 1) % config.log_every == 0 or step == config.max_steps - 1:

@@ -198,7 +198,8 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
     start = restore(resume_from, model, optimizer) if resume_from is not None else 0
     judge = build_judge(config, model)
     main = processes.is_main
-    log = MetricsLogger(run_dir, resume_step=start if resume_from else None, tensorboard=False) if main else None
+    # From a checkpoint: lines after it are dropped; from scratch (an interrupted first stretch): all of them.
+    log = MetricsLogger(run_dir, resume_step=start if resume_from else -1, tensorboard=False) if main else None
     recipe = {"model": config.model, "prompts": suite.name, "prompts_sha256": suite.sha256, "seed": config.seed,
               "guidance": guidance, "temperature": config.temperature, "group_size": config.group_size,
               "judges": {k: w for k, (_, w) in judge.judges.items()}, "processes": processes.world}
