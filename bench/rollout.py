@@ -13,6 +13,7 @@ the measured copy bandwidth.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -84,12 +85,16 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--compile", action="store_true",
+                        help="ours with a torch.compiled VQ decoder (JanusModel.compile)")
     args = parser.parse_args()
 
     model = build(args.model, args.device, args.dtype)
     prompts = equal_length_prompts(model, args.prompts)
     n_images = args.prompts * args.samples
-    hf = model.module
+    # The reference is transformers' model as a user loads it: the same weights in their default
+    # memory layout (ours may keep the VQ decoder channels-last on CPU).
+    hf = copy.deepcopy(model.module).to(memory_format=torch.contiguous_format)
     hf.generation_config.generation_kwargs = {"boi_token_id": model.boi_id}
     ids = torch.tensor(model.tokenizer([model.generation_text(p) for p in prompts])["input_ids"], device=model.device)
 
@@ -104,7 +109,9 @@ def main() -> None:
                                  num_return_sequences=args.samples, max_new_tokens=model.num_image_tokens)
             hf.decode_image_tokens(tokens)
 
-    ours(), reference()  # warm-up
+    if args.compile:
+        model.compile()
+    ours(), reference()  # warm-up (and compiling)
     ours_s, ref_s = [], []
     for _ in range(args.repeats):
         ours_s.append(time_call(ours, model.device))
@@ -119,6 +126,7 @@ def main() -> None:
                   model=args.model, device=device_name,
                   dtype=str(model.dtype).replace("torch.", ""), images=n_images, guidance=args.guidance,
                   temperature=args.temperature, image_tokens=model.num_image_tokens, repeats=args.repeats,
+                  compiled=args.compile,
                   threads=torch.get_num_threads())
     if not args.json:
         print(f"{args.model} on {device_name}: ours {ours_ips:.2f} images/s, transformers {ref_ips:.2f} images/s, "

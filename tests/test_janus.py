@@ -81,3 +81,15 @@ def test_sampled_answers_logprobs_match_teacher_forcing(tiny_janus):
     assert forced.requires_grad
     greedy = m.sample_answers(tiles, questions, temperature=0.0, max_new_tokens=6)
     assert greedy.texts == m.answer(tiles, questions, max_new_tokens=6)
+
+
+def test_cpu_vq_decoder_runs_channels_last_and_decodes_as_the_default_layout(tiny_janus):
+    import copy
+
+    vq = tiny_janus.module.model.vqmodel
+    assert vq.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = copy.deepcopy(vq).to(memory_format=torch.contiguous_format)
+    tokens = torch.randint(0, tiny_janus.module.config.vq_config.num_embeddings, (3, tiny_janus.num_image_tokens))
+    with torch.no_grad():
+        expected = ((plain.decode(tokens).float() + 1) / 2).clamp(0, 1)
+    assert torch.allclose(tiny_janus.decode_tokens(tokens), expected, atol=1e-5)

@@ -78,6 +78,8 @@ class JanusModel(UnifiedModel):
     def __init__(self, hf_model: JanusForConditionalGeneration, processor: JanusProcessor, spec: str,
                  device: torch.device, dtype: torch.dtype):
         self.module = hf_model.to(device=device, dtype=dtype).eval()  # eval: no dropout; grads still flow
+        if device.type == "cpu":  # oneDNN's convolutions run faster channels-last: the VQ decode 1.5x (bench/README)
+            self.module.model.vqmodel.to(memory_format=torch.channels_last)
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.spec, self.device, self.dtype = spec, device, dtype
@@ -94,6 +96,13 @@ class JanusModel(UnifiedModel):
         self.image_std = torch.tensor(ip.image_std, device=device).view(1, 3, 1, 1)
         self.background = torch.tensor(ip.background_color, device=device).view(1, 3, 1, 1) / 255.0
         self.yes_ids, self.no_ids = yes_no_token_ids(self.tokenizer, spec)
+        self._compiled_decode = None
+
+    def compile(self) -> JanusModel:
+        """torch.compile the VQ decoder (the bulk of a small model's rollout on CPU: 1.4x faster
+        again on the toy, after about a minute of compiling on first use). Returns self."""
+        self._compiled_decode = torch.compile(self.module.model.vqmodel.decode)
+        return self
 
     # ----------------------------------------------------------------- properties
     @property
@@ -203,7 +212,7 @@ class JanusModel(UnifiedModel):
     @torch.no_grad()
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Image tokens [N,T] → images [N,3,H,W] in [0,1], in one batched VQ decode."""
-        pixels = self.module.model.vqmodel.decode(tokens)
+        pixels = (self._compiled_decode or self.module.model.vqmodel.decode)(tokens)
         return ((pixels.float() + 1) / 2).clamp(0, 1)
 
     @torch.no_grad()
