@@ -136,8 +136,10 @@ def jigsaw_view(pieces: torch.Tensor, truth: list[int], order: list[int] | None,
     k = len(truth)
     valid = order is not None and sorted(order) == list(range(1, k + 1))
     uris = [image_uri(p) for p in pieces]
+    # one piece per label: "Tile i" (image) or "Clip i" (video); a depth puzzle is one marked image
+    labels = [f"{'Tile' if grid else 'Clip'} {i + 1}" for i in range(k)] if len(uris) == k else [""] * len(uris)
     shown = "".join(f'<div style="text-align:center"><img src="{uri}" width="{64 if grid else 96}" alt=""><br>'
-                    f"{'Tile ' if grid else ''}{i + 1}</div>" for i, uri in enumerate(uris))
+                    f"{label}</div>" for uri, label in zip(uris, labels))
     parts = [f'<div><h3>pieces</h3><div class="ur-row">{shown}</div></div>']
     if grid is not None and len(pieces) == k:
         cols, width = grid[1], 160 // grid[1]
