@@ -8,12 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from unirl.engine.policy import PolicyConfig, autocast
 from unirl.models import UnifiedModel
 from unirl.rewards.self_judges import WeightedSum
-from unirl.specs import Spec
+from unirl.specs import Spec, distinct_tag_balanced
 
 TRACK_SEED = 999_999_937  # the tracked prompts' sampling seed; no training step's seed reaches it
 
@@ -68,8 +69,4 @@ def judge_tracked(model: UnifiedModel, judge: WeightedSum, specs: list[Spec], gu
 
 def tracked_specs(specs: list[Spec], n: int, seed: int) -> list[Spec]:
     """The run's tracked prompts: n distinct specs, one of each tag before a second of any."""
-    import numpy as np
-
-    from unirl.specs import distinct_tag_balanced
-
     return distinct_tag_balanced(specs, n, np.random.default_rng([seed, TRACK_SEED]))

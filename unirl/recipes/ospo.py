@@ -110,11 +110,10 @@ def margins_matrix(questions: list[list[dict[str, Any]]]) -> torch.Tensor:
 
 
 def draw_and_judge(model: UnifiedModel, judge: SelfVQAReward, prompts: list[str], base_specs: list[Spec],
-                   config: Config, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[list[dict[str, Any]]],
-                                                       torch.Tensor]:
+                   guidance: float, config: Config, seed: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, list[list[dict[str, Any]]], torch.Tensor]:
     """`group_size` images per prompt, each judged on its base spec's yes/no questions and scored
     given the base prompt: (images, tokens, per-image margins, length-normalised log-probs)."""
-    guidance = model.default_guidance if config.guidance is None else config.guidance
     per_image = [s for s in base_specs for _ in range(config.group_size)]
     with autocast(config, model):
         rollout = model.generate_images(prompts, num_per_prompt=config.group_size, guidance=guidance,
@@ -124,7 +123,8 @@ def draw_and_judge(model: UnifiedModel, judge: SelfVQAReward, prompts: list[str]
     return rollout.images.cpu(), rollout.tokens.cpu(), info["questions"], logps
 
 
-def build_pairs(model: UnifiedModel, specs: list[Spec], config: Config) -> tuple[Pairs, dict[str, Any]]:
+def build_pairs(model: UnifiedModel, specs: list[Spec], guidance: float, config: Config
+                ) -> tuple[Pairs, dict[str, Any]]:
     """Stages 2 and 3 for every initial prompt; returns the pairs and what happened (counts).
     A prompt's negative images are drawn only when one of its own images passes (without a chosen
     image it is dropped whatever its negatives show)."""
@@ -139,7 +139,7 @@ def build_pairs(model: UnifiedModel, specs: list[Spec], config: Config) -> tuple
         negatives = [hard_negatives(s, classes, config.negatives_per_prompt, rng) for s in batch]
         seed = config.seed * 1_000_003 + start
         base_images, base_tokens, base_questions, base_logps = draw_and_judge(
-            model, judge, [s["prompt"] for s in batch], batch, config, seed)
+            model, judge, [s["prompt"] for s in batch], batch, guidance, config, seed)
         base_margins = [margins_matrix(base_questions[i * g:(i + 1) * g]) for i in range(len(batch))]
         kept = []
         for i in range(len(batch)):
@@ -154,7 +154,7 @@ def build_pairs(model: UnifiedModel, specs: list[Spec], config: Config) -> tuple
         owners = [i for i in kept for _ in negatives[i]]
         neg_images, neg_tokens, neg_questions, neg_logps = draw_and_judge(
             model, judge, [n["spec"]["prompt"] for i in kept for n in negatives[i]], [batch[i] for i in owners],
-            config, seed + 500_000)
+            guidance, config, seed + 500_000)
         first = 0  # this prompt's first negative image
         for i in kept:
             spec, span = batch[i], len(negatives[i]) * g
@@ -227,7 +227,7 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
     if not (run_dir / "pairs" / "pairs.jsonl").is_file():
         t0 = time.time()
         initial = distinct_tag_balanced(suite.specs, config.num_prompts, np.random.default_rng([config.seed, 1]))
-        pairs, counts = build_pairs(model, initial, config)
+        pairs, counts = build_pairs(model, initial, guidance, config)
         save_pairs(pairs, counts, run_dir / "pairs")
         margins = [(r["chosen_margins"], r["rejected_margins"]) for r in pairs.rows]
         log.log(0, rounded({

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import re
 from pathlib import Path
 
@@ -58,6 +59,19 @@ def image_uri(image: ImageLike) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return f"data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}"
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Rows of a jsonl file; [] when it is missing. A line that does not parse (one a running job
+    is still writing) is skipped."""
+    path = Path(path)
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
 
 
 def read_image(path: str | Path) -> torch.Tensor:

@@ -3,12 +3,11 @@ markup in a notebook and in the report."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-from unirl.viz.html import View, esc, table
+from unirl.viz.html import View, esc, read_jsonl, table
 
 # Plotted first when present: the signals people judge a post-training run by.
 PREFERRED = ("reward", "reward_std", "exact_accuracy", "accuracy", "format_valid", "kl", "entropy",
@@ -23,14 +22,7 @@ def read_metric_rows(source: str | Path | list[dict[str, Any]]) -> list[dict[str
     if isinstance(source, list):
         return source
     path = Path(source)
-    path = path / "metrics.jsonl" if path.is_dir() else path
-    rows = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    return read_jsonl(path / "metrics.jsonl" if path.is_dir() else path)
 
 
 def plotted_keys(rows: list[dict[str, Any]], limit: int = 12) -> list[str]:

@@ -19,7 +19,7 @@ import yaml
 
 from unirl.atomic import atomic_write_text
 from unirl.errors import UnirlError
-from unirl.viz.html import esc, image_uri, page, read_image, table
+from unirl.viz.html import esc, image_uri, page, read_image, read_jsonl, table
 from unirl.viz.plots import metric_plots, read_metric_rows
 from unirl.viz.views import answer_lines, geneval_view, jigsaw_view, read_samples, rollout_grid
 
@@ -52,10 +52,11 @@ def status_line(run: Path, config: dict[str, Any], rows: list[dict[str, Any]]) -
 
 def tracked_table(steps: list[Path]) -> str:
     """Rows: the tracked prompts; columns: sample steps; cells: the image and its reward."""
-    columns = spread([s for s in steps if any(r.get("tracked") for r in read_samples(s))], 8)
+    tracked = {s: [r for r in read_samples(s) if r.get("tracked")] for s in steps}
+    columns = spread([s for s in steps if tracked[s]], 8)
     if not columns:
         return ""
-    per_step = {s: [r for r in read_samples(s) if r.get("tracked")] for s in columns}
+    per_step = {s: tracked[s] for s in columns}
     prompts = list(dict.fromkeys(r["prompt"] for s in columns for r in per_step[s]))
     header = "".join(f"<th>{esc(s.name)}</th>" for s in columns)
     body = []
@@ -96,7 +97,7 @@ def pairs_section(run: Path, limit: int = 12) -> str:
     folder = run / "pairs"
     if not (folder / "pairs.jsonl").is_file():
         return ""
-    rows = [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_jsonl(folder / "pairs.jsonl")
     counts = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else {}
     body = []
     for i, r in enumerate(rows[:limit]):
@@ -141,7 +142,8 @@ def evaluation_section(root: Path) -> str:
     parts = []
     for kind, columns in evaluations(root).items():
         names = sorted(columns, key=lambda c: (c != "before", c != "after", c))
-        scores = {c: summary_scores(json.loads((columns[c] / "summary.json").read_text())) for c in names}
+        summaries = {c: json.loads((columns[c] / "summary.json").read_text()) for c in names}
+        scores = {c: summary_scores(summaries[c]) for c in names}
         metrics = list(dict.fromkeys(k for c in names for k in scores[c]))
         change = names[:2] == ["before", "after"]
         rows = []
@@ -151,7 +153,7 @@ def evaluation_section(root: Path) -> str:
                 b, a = scores["before"].get(metric), scores["after"].get(metric)
                 values.append(f"{a - b:+.3f}" if a is not None and b is not None else "")
             rows.append([metric, *values])
-        recipe = json.loads((columns[names[-1]] / "summary.json").read_text()).get("recipe", {})
+        recipe = summaries[names[-1]].get("recipe", {})
         parts.append(f"<h3>{esc(kind)}</h3>" + table(["", *names] + (["change"] if change else []), rows)
                      + f'<details><summary>recipe</summary><pre>{esc(json.dumps(recipe, indent=1))}</pre></details>')
         if kind == "geneval":

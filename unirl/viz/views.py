@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from unirl.viz.html import ImageLike, View, esc, image_uri, read_image, table
+from unirl.viz.html import ImageLike, View, esc, image_uri, read_image, read_jsonl, table
 
 
 def _cell(image: ImageLike, lines: list[str], passed: bool | None) -> str:
@@ -58,8 +58,7 @@ def answer_lines(row: dict[str, Any]) -> list[str]:
 
 
 def read_samples(step_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(step_dir) / "samples.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return read_jsonl(Path(step_dir) / "samples.jsonl")
 
 
 def samples_grid(step_dir: str | Path, tracked: bool | None = None, limit: int | None = 32) -> View:
@@ -95,8 +94,7 @@ def geneval_view(eval_dir: str | Path, failures: int = 24) -> View:
     summary = json.loads((eval_dir / "summary.json").read_text())
     parts = [table(["tag", "accuracy"], [[t, v] for t, v in summary["per_tag"].items()]
                    + [["overall", summary["overall"]]])]
-    results = eval_dir / "results.jsonl"
-    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()] if results.is_file() else []
+    rows = read_jsonl(eval_dir / "results.jsonl")
     failed = [r for r in rows if not r["correct"]][:failures]
     cells = []
     for r in failed:
