@@ -81,6 +81,10 @@ class UnifiedModel(abc.ABC):
     def save_pretrained(self, path: str | Path) -> None:
         """Write a folder that `load_model(path)` reads back (safetensors weights + configs)."""
 
+    # Whether generate_images / image_token_logprobs take `context_tokens`: an image the new one
+    # continues from (SAIL's next-frame planning).
+    image_context: bool = False
+
     # Parameter-name prefixes of `module` that post-training leaves alone (image tokenizer, vision tower).
     frozen_prefixes: tuple[str, ...] = ()
 

@@ -8,6 +8,8 @@ that reproduces it exactly, a fixed seed per call, and batched yes/no judging.
 Prompt formats follow Janus' own "deepseek" SFT format:
   generation     ``<|User|>: {prompt}\\n\\n<|Assistant|>:<begin_of_image>``
   understanding  ``<|User|>: <begin_of_image><image_placeholder>*n<end_of_image>\\n{question}\\n\\n<|Assistant|>:``
+  next frame     ``<|User|>: {task}\\n<begin_of_image>[frame t]<end_of_image>\\n\\n<|Assistant|>:<begin_of_image>``
+                 (SAIL's planner: frame t enters through the generation embeddings)
 Classifier-free guidance as Janus does it: the unconditional row keeps BOS and BOI and
 replaces every other prompt token with PAD; guided logits = u + g·(c − u), so g = 1 is no CFG.
 """
@@ -15,6 +17,7 @@ replaces every other prompt token with PAD; guided logits = u + g·(c − u), so
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -73,6 +76,7 @@ def build_tiny_janus(seed: int = 0, **config_kwargs) -> tuple[JanusForConditiona
 
 class JanusModel(UnifiedModel):
     backend = "janus"
+    image_context = True
     frozen_prefixes = ("model.vqmodel.", "model.vision_model.")
 
     def __init__(self, hf_model: JanusForConditionalGeneration, processor: JanusProcessor, spec: str,
@@ -86,6 +90,8 @@ class JanusModel(UnifiedModel):
         tok = self.tokenizer
         self.bos_id, self.pad_id, self.eos_id = tok.bos_token_id, tok.pad_token_id, tok.eos_token_id
         self.boi_id = tok.convert_tokens_to_ids(tok.boi_token)
+        self.image_token_id = tok.convert_tokens_to_ids(tok.image_token)
+        self.eoi_id = tok.convert_tokens_to_ids(tok.eoi_token)
         # Tokens an answer may not contain: an image placeholder in the text would ask for pixels
         # that do not exist (and the image delimiters mean nothing outside an image block).
         self.not_in_answers = torch.tensor([tok.convert_tokens_to_ids(t) for t in
@@ -119,8 +125,20 @@ class JanusModel(UnifiedModel):
     def num_image_tokens(self) -> int:
         return self.module.config.vision_config.num_image_tokens
 
-    def generation_text(self, prompt: str) -> str:
-        return f"{USER}: {prompt}\n\n{ASSISTANT}:{self.tokenizer.boi_token}"
+    @property
+    def generation_image_size(self) -> int:
+        """Pixels per side of generated images: the token grid upsampled by the VQ decoder."""
+        vq = self.module.config.vq_config
+        return math.isqrt(self.num_image_tokens) * 2 ** (len(vq.channel_multiplier) - 1)
+
+    def generation_text(self, prompt: str, with_context: bool = False) -> str:
+        """The prompt turn; `with_context` puts an image block after the text, whose placeholders
+        `_prompt_embeds` fills with a context image's token embeddings (next-frame planning). The
+        block comes last so that each context token sits at the same distance from the token it
+        becomes in the new image, whatever the text's length: copying is one fixed offset."""
+        tok = self.tokenizer
+        block = "\n" + tok.boi_token + tok.image_token * self.num_image_tokens + tok.eoi_token if with_context else ""
+        return f"{USER}: {prompt}{block}\n\n{ASSISTANT}:{tok.boi_token}"
 
     def understanding_text(self, question: str, num_images: int = 1) -> str:
         """The user turn: the images, then the question; or, when the question holds one
@@ -143,19 +161,38 @@ class JanusModel(UnifiedModel):
             mask[i, width - len(r):] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _generation_inputs(self, prompts: list[str], guidance: float,
-                           unconditional: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _generation_inputs(self, prompts: list[str], guidance: float, unconditional: torch.Tensor | None = None,
+                           with_context: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and mask for the cond rows, with the uncond rows appended when guidance != 1.
-        `unconditional` [N] bool turns chosen cond rows into uncond ones (CFG dropout in training)."""
-        rows = self.tokenizer([self.generation_text(p) for p in prompts], add_special_tokens=True)["input_ids"]
+        `unconditional` [N] bool turns chosen cond rows into uncond ones (CFG dropout in training).
+        Uncond rows keep the context image: guidance then weighs the text against the image alone."""
+        rows = self.tokenizer([self.generation_text(p, with_context) for p in prompts],
+                              add_special_tokens=True)["input_ids"]
         ids, mask = self._left_pad(rows)
         keep = (ids == self.bos_id) | (ids == self.boi_id) | (mask == 0)
+        if with_context:
+            keep |= (ids == self.image_token_id) | (ids == self.eoi_id)
         uncond = torch.where(keep, ids, torch.full_like(ids, self.pad_id))
         if unconditional is not None:
             ids = torch.where(unconditional.to(self.device)[:, None], uncond, ids)
         if guidance != 1.0:
             ids, mask = torch.cat([ids, uncond]), torch.cat([mask, mask])
         return ids, mask
+
+    def _prompt_embeds(self, ids: torch.Tensor, context_tokens: torch.Tensor | None) -> torch.Tensor:
+        """Input embeddings of prompt ids; the image placeholders, when there is a context image,
+        take its tokens' generation embeddings (the rows of `context_tokens` repeat for CFG's rows)."""
+        embeds = self.module.get_input_embeddings()(ids)
+        if context_tokens is None:
+            return embeds
+        context = context_tokens.to(self.device).repeat(ids.shape[0] // context_tokens.shape[0], 1)
+        image = self.module.prepare_embeddings_for_image_generation(context).to(embeds.dtype)
+        return embeds.masked_scatter((ids == self.image_token_id)[..., None], image)
+
+    def _check_context(self, context_tokens: torch.Tensor | None, rows: int) -> None:
+        if context_tokens is not None and tuple(context_tokens.shape) != (rows, self.num_image_tokens):
+            raise UnirlError(f"context_tokens: expected shape ({rows}, {self.num_image_tokens}), "
+                             f"got {tuple(context_tokens.shape)}")
 
     @staticmethod
     def _positions(mask: torch.Tensor) -> torch.Tensor:
@@ -173,16 +210,22 @@ class JanusModel(UnifiedModel):
     # ----------------------------------------------------------------- generation
     @torch.no_grad()
     def generate_images(self, prompts: list[str], num_per_prompt: int = 1, guidance: float = 5.0,
-                        temperature: float = 1.0, seed: int = 0) -> ImageRollout:
+                        temperature: float = 1.0, seed: int = 0,
+                        context_tokens: torch.Tensor | None = None) -> ImageRollout:
+        """`context_tokens` [len(prompts), T]: image tokens (`encode_images`) of an image each new
+        one continues from, placed after its prompt (next-frame planning: frame t in, frame t+1 out)."""
         if not prompts:
             raise UnirlError("generate_images: expected at least one prompt")
+        self._check_context(context_tokens, len(prompts))
         per_sample = [p for p in prompts for _ in range(num_per_prompt)]
+        if context_tokens is not None:
+            context_tokens = context_tokens.repeat_interleave(num_per_prompt, dim=0)
         batch, steps = len(per_sample), self.num_image_tokens
-        ids, mask = self._generation_inputs(per_sample, guidance)
+        ids, mask = self._generation_inputs(per_sample, guidance, with_context=context_tokens is not None)
         positions = self._positions(mask)
         generator = torch.Generator(device=self.device).manual_seed(seed)
 
-        out = self.lm(inputs_embeds=self.module.get_input_embeddings()(ids), attention_mask=mask,
+        out = self.lm(inputs_embeds=self._prompt_embeds(ids, context_tokens), attention_mask=mask,
                       position_ids=positions, use_cache=True)
         cache, hidden = out.cache, out.last_hidden_state[:, -1]
         position = positions[:, -1:]
@@ -223,16 +266,20 @@ class JanusModel(UnifiedModel):
 
     def image_token_logprobs(self, prompts_per_sample: list[str], tokens: torch.Tensor, guidance: float = 5.0,
                              temperature: float = 1.0, rollout: ImageRollout | None = None,
-                             unconditional: torch.Tensor | None = None) -> torch.Tensor:
+                             unconditional: torch.Tensor | None = None,
+                             context_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """One teacher-forced pass: log p(token_t | prompt, tokens_<t) under the guided distribution.
-        `unconditional` [N] bool scores chosen rows without their prompt (CFG dropout, guidance 1)."""
+        `unconditional` [N] bool scores chosen rows without their prompt (CFG dropout, guidance 1);
+        `context_tokens` [N,T] as in `generate_images`, one row per sample."""
         batch, steps = tokens.shape
         if len(prompts_per_sample) != batch:
             raise UnirlError(f"image_token_logprobs: {len(prompts_per_sample)} prompts for {batch} token rows")
+        self._check_context(context_tokens, batch)
         tokens = tokens.to(self.device)
-        ids, mask = self._generation_inputs(prompts_per_sample, guidance, unconditional)
+        ids, mask = self._generation_inputs(prompts_per_sample, guidance, unconditional,
+                                            with_context=context_tokens is not None)
         rows = tokens[:, :-1].repeat(ids.shape[0] // batch, 1)
-        embeds = torch.cat([self.module.get_input_embeddings()(ids),
+        embeds = torch.cat([self._prompt_embeds(ids, context_tokens),
                             self.module.prepare_embeddings_for_image_generation(rows)], dim=1)
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], steps - 1)], dim=1)
         hidden = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=self._positions(mask),

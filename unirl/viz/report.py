@@ -42,7 +42,7 @@ def spread(items: list[Any], most: int) -> list[Any]:
 
 def status_line(run: Path, config: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     last = max((r.get("step", 0) for r in rows), default=0)
-    total = config.get("max_steps", "?")
+    total = config["iterations"] + 1 if config.get("recipe") == "sail" else config.get("max_steps", "?")
     done = (run / "checkpoints" / "final").exists()
     updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(max((r.get("time", 0) for r in rows), default=0))) \
         if rows else "never"
@@ -76,7 +76,9 @@ def newest_samples(step: Path, limit: int = 16) -> str:
     rows = [r for r in read_samples(step) if not r.get("tracked")][:limit]
     if not rows:
         return ""
-    if "pieces" in rows[0]:  # a jigsaw run
+    if "frames" in rows[0]:  # a SAIL run: episodes
+        body = episodes_table(step, rows)
+    elif "pieces" in rows[0]:  # a jigsaw run
         views = []
         for r in rows:
             pieces = torch.stack([read_image(step / name) for name in r["pieces"]]).float() / 255
@@ -89,6 +91,37 @@ def newest_samples(step: Path, limit: int = 16) -> str:
         body = rollout_grid([step / r["image"] for r in rows], [r["prompt"] for r in rows],
                             [r["reward"] for r in rows], [answer_lines(r) for r in rows]).body
     return f"<h2>Newest samples ({esc(step.name)})</h2>{body}"
+
+
+def episodes_table(step: Path, rows: list[dict[str, Any]]) -> str:
+    """SAIL episodes: what happened, frame by frame, and under it what the planner imagined next."""
+    body = []
+    for r in rows:
+        real = "".join(f'<td><img src="{image_uri(step / n)}" width="72"></td>' for n in r["frames"])
+        plans = "<td></td>" + "".join(f'<td><img src="{image_uri(step / n)}" width="72"></td>' for n in r["plans"])
+        verdict = f"{'success' if r['success'] else 'failure'}; judged {'yes' if r['judged_success'] else 'no'}"
+        body.append(f'<tr><th rowspan="2" style="min-width:140px">{esc(r["task"])}<br>'
+                    f'<span class="ur-muted">{esc(verdict)}</span></th>{real}</tr><tr>{plans}</tr>')
+    return ('<p class="ur-muted">each episode: the frames as they happened (top) and the frame the planner '
+            f"imagined for each step (below)</p><table>{''.join(body)}</table>")
+
+
+def sail_section(run: Path) -> str:
+    """Held-out task success per iteration (`sail_summary.json`, or the partial state mid-run)."""
+    path = next((p for p in (run / "sail_summary.json", run / "sail_state.json") if p.is_file()), None)
+    if path is None:
+        return ""
+    summary = json.loads(path.read_text())
+    by_task = summary.get("success_by_task", [])
+    if not by_task:
+        return ""
+    columns = [f"iteration {i}" for i in range(len(by_task))]
+    rows = [["unseen tasks (mean)", *summary["success_by_iteration"]]]
+    rows += [[name, *(it.get(name, "") for it in by_task)] for name in by_task[0]]
+    rows += [["self-judge accuracy", *summary.get("judge_accuracy_by_iteration", [])],
+             ["episodes kept", *summary.get("kept_by_iteration", [])]]
+    return (f"<h2>Task success by iteration</h2><p class=\"ur-muted\">filter: {esc(summary.get('filter', '?'))}; "
+            "iteration 0 is before any self-improvement</p>" + table(["", *columns], rows))
 
 
 def pairs_section(run: Path, limit: int = 12) -> str:
@@ -184,6 +217,7 @@ def build_report(run_dir: str | Path) -> str:
             f"<details><summary>config.yaml</summary><pre>{esc(config_text)}</pre></details>",
             "<h2>Metrics</h2>" + metric_plots(rows).body,
             pairs_section(run),
+            sail_section(run),
             tracked_table(steps),
             newest_samples(steps[-1]) if steps else "",
             evaluation_section(root)]

@@ -1,0 +1,172 @@
+"""The table-top toy: the shapes world as a robot's table, so SAIL's loop runs on a CPU.
+
+The table is the shapes world's 6x6 lattice. The robot is a black circle; on the table are a
+target and one or two distractors, coloured shapes (never black). A task names the target:
+"move the robot to the red star". An action is two floats in [-1, 1], the robot's velocity
+command along x and y; the robot moves one cell along an axis where the command exceeds 0.5 in
+size (diagonals allowed), stays put if that cell holds an object, and stops at the table's
+edge. An episode ends when the robot touches an object (is next to it, diagonals included):
+a success if that object is the target; or after `horizon` steps.
+
+Task variants are the (colour, shape) of the target: 9 colours x 8 shapes. `HELDOUT` keeps 9 of
+them (each colour once) out of the training split: a held-out object may stand on the table in a
+training episode, as a distractor, but is never the goal there (what is unseen is the task, not
+the object: a planner that has never drawn an object cannot copy it into a frame). Distractors
+share the target's colour or shape two times in three, so the robot must read both words.
+Layouts are drawn on the host from a seed (a few integers each); frames are rendered for all
+episodes in one batched call."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import torch
+
+from modalities.image.shapes import IMAGE_SIZE, SHAPES, Scene, SceneObject, render
+from modalities.robot.env import RobotEnv, Step, Task
+from unirl.errors import UnirlError
+
+GRID = 6
+ROBOT = ("circle", "black")
+OBJECT_COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "white")
+VARIANTS = [(c, s) for c in OBJECT_COLORS for s in SHAPES]
+HELDOUT = [(c, SHAPES[(2 * i + 1) % len(SHAPES)]) for i, c in enumerate(OBJECT_COLORS)]
+MOVES = [(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+
+
+def task_for(color: str, shape: str) -> Task:
+    return Task(name=f"{color}_{shape}", text=f"move the robot to the {color} {shape}",
+                question=f"Is the robot next to the {color} {shape}?")
+
+
+def tabletop_tasks(split: str) -> list[Task]:
+    """The task variants of a split: train (63) or heldout (9)."""
+    if split not in ("train", "heldout"):
+        raise UnirlError(f"tabletop tasks: split expected 'train' or 'heldout', got {split!r}")
+    chosen = HELDOUT if split == "heldout" else [v for v in VARIANTS if v not in HELDOUT]
+    return [task_for(c, s) for c, s in chosen]
+
+
+def _variant(task: Task) -> tuple[str, str]:
+    color, _, shape = task.name.partition("_")
+    if (color, shape) not in VARIANTS:
+        raise UnirlError(f"tabletop: task {task.name!r} is not a table-top variant (colour_shape)")
+    return color, shape
+
+
+def chebyshev(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.abs(a - b).max(-1)
+
+
+class TableTop(RobotEnv):
+    """Batched table-top episodes (see the module docstring). State lives on the host as small
+    integer arrays; `observation()` renders every episode's frame in one call on `device`."""
+
+    action_dim = 2
+
+    def __init__(self, horizon: int = 6, distractors: tuple[int, int] = (1, 2), image_size: int = IMAGE_SIZE,
+                 device: torch.device | str = "cpu"):
+        self.horizon, self.distractors, self.image_size = horizon, distractors, image_size
+        self.device = torch.device(device)
+        self.cell = image_size / GRID
+
+    # --------------------------------------------------------------------- layouts
+    def _layout(self, task: Task, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+        """Robot cell [2], object cells [K,2] (the target first) and object variants [K]."""
+        color, shape = _variant(task)
+        k = int(rng.integers(self.distractors[0], self.distractors[1] + 1))
+        variants = [(color, shape)]
+        while len(variants) < 1 + k:
+            kind = rng.integers(3)
+            c = color if kind == 0 else OBJECT_COLORS[rng.integers(len(OBJECT_COLORS))]
+            s = shape if kind == 1 else SHAPES[rng.integers(len(SHAPES))]
+            if (c, s) not in variants:
+                variants.append((c, s))
+        for _ in range(1000):  # objects 3 cells apart (each has free cells to approach from), the robot 2 from all
+            cells = rng.integers(0, GRID, size=(2 + k, 2))
+            robot, objects = cells[0], cells[1:]
+            far = all(chebyshev(objects[i], objects[j]) >= 3 for i in range(1 + k) for j in range(i))
+            if far and (chebyshev(objects, robot) >= 2).all():
+                return robot, objects, variants
+        raise UnirlError("tabletop: could not place the objects (grid too small)")
+
+    def reset(self, tasks: list[Task], seed: int) -> torch.Tensor:
+        if not tasks:
+            raise UnirlError("tabletop: reset needs at least one task")
+        rng = np.random.default_rng(seed)
+        layouts = [self._layout(task, rng) for task in tasks]
+        self.tasks = tasks
+        self.robot = np.stack([r for r, _, _ in layouts])
+        self.objects = [o for _, o, _ in layouts]
+        self.variants = [v for _, _, v in layouts]
+        n = len(tasks)
+        self.t = 0
+        self.done = np.zeros(n, dtype=bool)
+        self.success = np.zeros(n, dtype=bool)
+        return self.observation()
+
+    # --------------------------------------------------------------------- dynamics
+    def step(self, actions: torch.Tensor) -> Step:
+        moves = np.rint(actions.detach().float().cpu().clamp(-1, 1).numpy()).astype(int)  # |a| > 0.5 moves a cell
+        terminated = self.done.copy()
+        for i in np.flatnonzero(~self.done):
+            new = np.clip(self.robot[i] + moves[i], 0, GRID - 1)
+            if not (self.objects[i] == new).all(-1).any():  # an object's cell blocks the robot
+                self.robot[i] = new
+            touching = chebyshev(self.objects[i], self.robot[i]) <= 1
+            if touching.any():
+                terminated[i] = True
+                self.success[i] = bool(touching[0]) and not touching[1:].any()
+        self.t += 1
+        truncated = ~terminated & (self.t >= self.horizon)
+        newly_done = (terminated | truncated) & ~self.done
+        reward = torch.tensor(newly_done & self.success, dtype=torch.float32)
+        self.done = terminated | truncated
+        return Step(self.observation(), reward, torch.from_numpy(terminated), torch.from_numpy(truncated),
+                    {"success": torch.from_numpy(self.success.copy())})
+
+    def observation(self) -> torch.Tensor:
+        radius = 0.42 * self.cell
+
+        def at(cell: np.ndarray, color: str, shape: str) -> SceneObject:
+            return SceneObject(shape, color, (cell[0] + 0.5) * self.cell, (cell[1] + 0.5) * self.cell, radius)
+
+        scenes = [Scene({}, [at(self.robot[i], ROBOT[1], ROBOT[0])] +
+                        [at(c, color, shape) for c, (color, shape) in zip(self.objects[i], self.variants[i])])
+                  for i in range(len(self.tasks))]
+        return render(scenes, size=self.image_size, device=self.device)
+
+    # --------------------------------------------------------------------- a scripted expert
+    def expert_actions(self, rng: np.random.Generator, noise: float = 0.0) -> torch.Tensor:
+        """Commands along a shortest path to a cell next to the target that touches no
+        distractor (breadth-first over the lattice); with probability `noise` a random command.
+        Magnitudes vary in (0.6, 1] so the inverse dynamics model sees the whole command range."""
+        actions = rng.uniform(-1, 1, size=(len(self.tasks), 2))
+        for i in np.flatnonzero(~self.done):
+            if rng.random() < noise:
+                continue
+            move = self._first_move(self.robot[i], self.objects[i])
+            actions[i] = np.array(move) * rng.uniform(0.6, 1.0, size=2)
+        return torch.tensor(actions, dtype=torch.float32)
+
+    @staticmethod
+    def _first_move(robot: np.ndarray, objects: np.ndarray) -> tuple[int, int]:
+        cells = np.stack(np.meshgrid(np.arange(GRID), np.arange(GRID), indexing="xy"), -1).reshape(-1, 2)
+        near = np.stack([chebyshev(cells, o) for o in objects])  # [K, cells]
+        free = ((near[1:] >= 2).all(0) if len(objects) > 1 else np.ones(len(cells), bool)) & (near > 0).all(0)
+        goal = free & (near[0] == 1)
+        index = {tuple(c): j for j, c in enumerate(cells)}
+        first: dict[tuple[int, int], tuple[int, int] | None] = {tuple(robot): None}
+        queue = deque([tuple(robot)])
+        while queue:
+            cur = queue.popleft()
+            if goal[index[cur]]:
+                return first[cur] or (0, 0)
+            for dx, dy in MOVES:
+                nxt = (cur[0] + dx, cur[1] + dy)
+                if nxt in index and nxt not in first and free[index[nxt]]:
+                    first[nxt] = first[cur] or (dx, dy)
+                    queue.append(nxt)
+        target = objects[0] - robot  # no clean path: head for the target anyway
+        return int(np.sign(target[0])), int(np.sign(target[1]))

@@ -1,0 +1,145 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from modalities.image.shapes import Scene, SceneObject, render
+from modalities.robot.tabletop import HELDOUT, TableTop, tabletop_tasks
+from unirl.cli import main
+from unirl.errors import UnirlError
+from unirl.models import load_model
+from unirl.models.inverse_dynamics import InverseDynamics, InverseDynamicsConfig, fit
+
+
+# ----------------------------------------------------------------------------- the table-top toy
+def run_scripted(seed: int, noise: float, actions_seed: int = 0):
+    env = TableTop()
+    frames = [env.reset(tabletop_tasks("heldout") * 3, seed=seed)]
+    rng = np.random.default_rng(actions_seed)
+    for _ in range(env.horizon):
+        step = env.step(env.expert_actions(rng, noise))
+        frames.append(step.observation)
+    return torch.stack(frames), step.info["success"]
+
+
+def test_tabletop_is_deterministic_from_its_seed():
+    frames, success = run_scripted(seed=3, noise=0.5)
+    again, success_again = run_scripted(seed=3, noise=0.5)
+    assert torch.equal(frames, again) and torch.equal(success, success_again)
+    other, _ = run_scripted(seed=4, noise=0.5)
+    assert not torch.equal(frames[0], other[0])  # another seed, other layouts
+
+
+def test_tabletop_expert_succeeds_and_random_commands_mostly_do_not():
+    _, expert = run_scripted(seed=0, noise=0.0)
+    _, random = run_scripted(seed=0, noise=1.0)
+    assert expert.float().mean() >= 0.9
+    assert random.float().mean() <= 0.5
+
+
+def test_tabletop_moves_blocks_and_ends_on_touch():
+    env = TableTop(distractors=(1, 1))
+    env.reset(tabletop_tasks("train")[:1], seed=0)
+    env.robot[0], env.objects[0] = np.array([0, 0]), np.array([[3, 0], [0, 5]])  # target 3 cells right
+    step = env.step(torch.tensor([[0.9, 0.2]]))  # x moves a cell, y (|0.2| < 0.5) does not
+    assert env.robot[0].tolist() == [1, 0] and not step.terminated[0]
+    step = env.step(torch.tensor([[-1.0, -1.0]]))  # the table's edge stops it
+    assert env.robot[0].tolist() == [0, 0]
+    env.step(torch.tensor([[1.0, 0.0]]))
+    step = env.step(torch.tensor([[1.0, 0.0]]))  # now next to the target
+    assert step.terminated[0] and step.info["success"][0] and step.reward[0] == 1.0
+    step = env.step(torch.tensor([[1.0, 0.0]]))  # an ended episode ignores actions
+    assert env.robot[0].tolist() == [2, 0] and step.reward[0] == 0.0
+
+
+def test_tabletop_splits_are_disjoint_and_distractors_differ_from_the_target():
+    train, heldout = tabletop_tasks("train"), tabletop_tasks("heldout")
+    assert len(train) == 63 and len(heldout) == 9 and not {t.text for t in train} & {t.text for t in heldout}
+    env = TableTop()
+    env.reset(train * 4, seed=1)
+    assert not any(v[0] in HELDOUT for v in env.variants)  # a training episode's goal is never held out
+    assert all(v[0] not in v[1:] and len(set(v)) == len(v) for v in env.variants)
+    with pytest.raises(UnirlError, match="split"):
+        tabletop_tasks("test")
+
+
+# ----------------------------------------------------------------------------- inverse dynamics
+def test_inverse_dynamics_recovers_a_known_linear_action_map():
+    """Frames of a robot at p and at p + M a (continuous pixels): the network learns to read a."""
+    M = torch.tensor([[9.0, 3.0], [-2.0, 7.0]])  # px per unit command, axes mixed
+
+    def pairs(n: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        actions = torch.rand(n, 2, generator=g) * 2 - 1
+        start = 24 + torch.rand(n, 2, generator=g) * 48
+        end = start + actions @ M.T
+        scenes = [[Scene({}, [SceneObject("circle", "black", float(x), float(y), 6.7)]) for x, y in p.tolist()]
+                  for p in (start, end)]
+        return render(scenes[0]), render(scenes[1]), actions
+
+    torch.manual_seed(0)
+    idm = InverseDynamics(InverseDynamicsConfig())
+    fit(idm, *pairs(1024, 0), steps=300, seed=0)
+    frames, next_frames, actions = pairs(128, 1)
+    with torch.no_grad():
+        error = (idm(frames, next_frames) - actions).abs().mean().item()
+    assert error < 0.1 < actions.abs().mean().item()  # predicting 0 would be off by 0.5
+
+
+# ----------------------------------------------------------------------------- the planner's interface
+def test_next_frame_logprobs_match_generation_and_depend_on_the_context(tiny_janus):
+    frames = torch.rand(2, 3, 32, 32)
+    context = tiny_janus.encode_images(frames)
+    tasks = ["move the robot to the red star", "move the robot to the blue heart"]
+    rollout = tiny_janus.generate_images(tasks, guidance=2.0, seed=0, context_tokens=context)
+    again = tiny_janus.image_token_logprobs(tasks, rollout.tokens, guidance=2.0, context_tokens=context)
+    assert torch.allclose(again, rollout.logprobs, atol=1e-4)
+    swapped = tiny_janus.image_token_logprobs(tasks, rollout.tokens, guidance=2.0, context_tokens=context.flip(0))
+    assert not torch.allclose(swapped, rollout.logprobs, atol=1e-3)
+    with pytest.raises(UnirlError, match="context_tokens"):
+        tiny_janus.generate_images(tasks, context_tokens=context[:1])
+
+
+# ----------------------------------------------------------------------------- the loop
+TINY = ["model=janus-tiny", "demo_episodes=12", "explore_episodes=6", "warmup_steps=2", "finetune_steps=2",
+        "rollouts_per_task=1", "idm_warmup_steps=2", "idm_steps=2", "batch_size=4", "judge_batch_size=2"]
+
+
+def test_one_tiny_sail_iteration_writes_summary_and_resumes(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "configs/sail/toy.yaml", "--out", str(run), "iterations=1", "filter=self", *TINY]) == 0
+    summary = json.loads((run / "sail_summary.json").read_text())
+    assert len(summary["success_by_iteration"]) == 2 and summary["filter"] == "self"
+    assert set(summary["success_by_task"][0]) == {t.name for t in tabletop_tasks("heldout")}
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert {"success/unseen", "judge/accuracy", "kept", "planner/loss", "idm/loss"} <= set(rows[1])
+    assert (run / "samples" / "step-1" / "samples.jsonl").is_file()
+    load_model(str(run / "checkpoints" / "final"))  # the planner loads as a plain model
+
+    # One more iteration from the saved state: the first two measurements are kept as they were.
+    assert main(["train", "configs/sail/toy.yaml", "--out", str(run), "--resume", "iterations=2", "filter=self",
+                 *TINY]) == 0
+    resumed = json.loads((run / "sail_summary.json").read_text())
+    assert resumed["success_by_iteration"][:2] == summary["success_by_iteration"]
+    assert len(resumed["success_by_iteration"]) == 3
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
+
+    # The other filter on the same warm-up: step 0 is reused, not rerun.
+    other = tmp_path / "other"
+    assert main(["train", "configs/sail/toy.yaml", "--out", str(other), "iterations=1", *TINY,
+                 f"warmup_from={run}"]) == 0
+    first = json.loads((other / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["warmup_from"] == str(run) and first["demo/success"] == rows[0]["demo/success"]
+    assert json.loads((other / "sail_summary.json").read_text())["filter"] == "ground_truth"
+    for name in ("demos", "explore", "judge"):
+        assert (other / "experience" / f"{name}.safetensors").read_bytes() == \
+            (run / "experience" / f"{name}.safetensors").read_bytes()
+
+
+def test_sail_bad_input_is_one_clear_error(tmp_path, capsys):
+    assert main(["train", "configs/sail/toy.yaml", "--out", str(tmp_path / "a"), "filter=vlm", *TINY]) == 2
+    assert "filter: expected one of ['ground_truth', 'self'], got 'vlm'" in capsys.readouterr().err
+    assert main(["train", "configs/sail/toy.yaml", "--out", str(tmp_path / "b"), *TINY, "model=showo-tiny"]) == 2
+    assert "cannot generate an image from an image" in capsys.readouterr().err

@@ -1,0 +1,521 @@
+"""SAIL: a text-conditioned visual planner improves on its own experience (Self-Adapting
+Improvement Loops, 2025). The unified model is the planner: given the current frame and the task
+text it generates the next frame as image tokens; an inverse dynamics model turns (frame, planned
+frame) into the action; the environment acts.
+
+A run, top to bottom (see `train`):
+
+0. warm-up, the in-domain pretraining SAIL starts from: scripted demonstrations (a noisy expert)
+   on the *seen* tasks only. The planner learns next-frame prediction on the successful ones and
+   the self-judge learns "Is the robot next to the …?" on their frames; the inverse dynamics
+   model learns from every transition, random-command episodes included.
+1..I. each iteration, on the *unseen* tasks: `rollouts_per_task` episodes of plan → act; success
+   per task; the filter keeps successful episodes (by the environment's ground truth, or by the
+   model's own yes/no on the final frame); the planner fine-tunes on every kept episode so far
+   (seen-task demonstrations mixed in, so it keeps what it knew); the inverse dynamics model
+   retrains on every transition so far.
+Then one more round of rollouts measures the last planner: `success_by_iteration` has I + 1
+entries, the first before any self-improvement.
+
+Checkpoints (checkpoints/step-<i>, after warm-up i = 0 and after each iteration's fine-tune) hold
+the planner; inverse_dynamics/step-<i>, experience/iteration-<i>.safetensors and sail_state.json
+beside them hold the rest, so a run resumes at the iteration it stopped in.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from modalities.robot.env import RobotEnv, Task
+from unirl.atomic import atomic_file, atomic_write_text
+from unirl.engine.checkpoint import link_checkpoint
+from unirl.engine.distributed import Processes, init_processes
+from unirl.engine.metrics import MetricsLogger, rounded
+from unirl.engine.policy import PolicyConfig, autocast, build_policy, restore, save
+from unirl.errors import UnirlError
+from unirl.models import UnifiedModel
+from unirl.models.inverse_dynamics import InverseDynamics, InverseDynamicsConfig, as_float, as_uint8, fit
+from unirl.progress import progress
+
+
+@dataclass
+class Config(PolicyConfig):
+    """SAIL's loop. `learning_rate` is the per-iteration fine-tune's; the policy and LoRA fields are
+    `PolicyConfig`'s (`group_size`, `max_steps`, `save_every` are not used: the loop's units are
+    iterations, and every iteration ends with a checkpoint)."""
+
+    recipe: str = "sail"
+    env: str = "tabletop"
+    """tabletop (the project's toy, runs on a CPU) or metaworld (needs `pip install metaworld`)."""
+    seen_tasks: str = "train"
+    """Tasks of the warm-up's demonstrations: a tabletop split (train, heldout) or MetaWorld task
+    names, comma-separated."""
+    unseen_tasks: str = "heldout"
+    """Tasks the loop improves on and reports: never in the warm-up."""
+    horizon: int = 6
+    iterations: int = 3
+    """I: rounds of act → filter → fine-tune; success is measured I + 1 times."""
+    rollouts_per_task: int = 12
+    filter: str = "ground_truth"
+    """Which episodes the planner learns from: ground_truth (the environment's success flag) or
+    self (the model's own yes/no to the task's question about the final frame)."""
+    guidance: float = 1.0
+    """Classifier-free guidance of planned frames (text against the current frame alone)."""
+    cfg_dropout: float = 0.1
+    """Fraction of planner training rows that drop the task text (what guidance contrasts with)."""
+    demo_episodes: int = 1500
+    demo_noise: float = 0.2
+    """Probability that the scripted expert takes a random command instead (varied demonstrations)."""
+    explore_episodes: int = 128
+    """Random-command episodes for the inverse dynamics model (every kind of move, blocked ones too)."""
+    warmup_steps: int = 800
+    warmup_lr: float = 1e-3
+    """The warm-up teaches a new skill (frame in, frame out) and needs a larger step than fine-tuning."""
+    finetune_steps: int = 100
+    batch_size: int = 32
+    own_fraction: float = 0.5
+    """Share of each fine-tune batch drawn from kept unseen-task episodes (the rest: seen-task demonstrations)."""
+    judge_batch_size: int = 16
+    judge_weight: float = 1.0
+    """Weight of the self-judge's yes/no NLL on seen-task frames, trained beside the planner."""
+    warmup_from: str | None = None
+    """A SAIL run directory whose warm-up to reuse instead of running one (its checkpoints/step-0,
+    inverse_dynamics/step-0 and experience/ are copied in): runs that differ only after the
+    warm-up, such as the two filters on one seed, then share it exactly."""
+    idm: InverseDynamicsConfig = field(default_factory=InverseDynamicsConfig)
+    idm_warmup_steps: int = 600
+    idm_steps: int = 200
+    idm_lr: float = 1e-3
+
+
+# ----------------------------------------------------------------------------- experience
+@dataclass
+class Experience:
+    """Transitions (frame t → frame t+1 under an action) with their episode's outcome. Frames are
+    stored as uint8 (the inverse dynamics model's input) and as image tokens (the planner's)."""
+
+    frames: torch.Tensor  # uint8 [N,3,H,W]
+    next_frames: torch.Tensor  # uint8 [N,3,H,W]
+    tokens: torch.Tensor  # long [N,T]
+    next_tokens: torch.Tensor  # long [N,T]
+    actions: torch.Tensor  # float [N,A]
+    task: list[str]  # [N] task text
+    success: torch.Tensor  # bool [N]: the episode succeeded (ground truth)
+    kept: torch.Tensor  # bool [N]: the filter kept the episode
+
+    TENSORS = ("frames", "next_frames", "tokens", "next_tokens", "actions", "success", "kept")
+
+    def __len__(self) -> int:
+        return len(self.task)
+
+    def select(self, index: torch.Tensor) -> Experience:
+        index = torch.as_tensor(index, dtype=torch.long)
+        return Experience(*(getattr(self, k)[index] for k in self.TENSORS[:5]), [self.task[i] for i in index.tolist()],
+                          self.success[index], self.kept[index])
+
+    @staticmethod
+    def cat(parts: list[Experience]) -> Experience:
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            raise UnirlError("experience: nothing collected")
+        tensors = {k: torch.cat([getattr(p, k) for p in parts]) for k in Experience.TENSORS}
+        return Experience(**tensors, task=[t for p in parts for t in p.task])
+
+    def save(self, path: Path) -> None:
+        with atomic_file(path) as tmp:
+            save_file({k: getattr(self, k).contiguous() for k in self.TENSORS}, str(tmp),
+                      metadata={"task": json.dumps(self.task)})
+
+    @staticmethod
+    def load(path: Path) -> Experience:
+        tensors, meta = _read(path)
+        return Experience(**tensors, task=json.loads(meta["task"]))
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A safetensors file's tensors and metadata; a missing or unreadable one is a one-line error."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except (OSError, RuntimeError, ValueError) as e:
+        raise UnirlError(f"{path}: cannot read the saved experience ({e}); rerun without --resume") from None
+
+
+@dataclass
+class Episodes:
+    """What a batch of episodes left: their transitions, outcomes and final frames."""
+
+    experience: Experience
+    episode: torch.Tensor  # long [N]: each transition's episode
+    success: torch.Tensor  # bool [E]
+    first_frames: torch.Tensor  # float [E,3,H,W]
+    final_frames: torch.Tensor  # float [E,3,H,W]
+    tasks: list[Task]
+
+    def keep(self, kept: torch.Tensor) -> Experience:
+        """The transitions, marked kept where their episode is."""
+        self.experience.kept = kept.bool().cpu()[self.episode]
+        return self.experience
+
+
+def run_episodes(env: RobotEnv, model: UnifiedModel, tasks: list[Task], seed: int,
+                 policy: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]) -> Episodes:
+    """One episode per task, all stepped together: `policy(frames, tokens, active, t)` gives the
+    actions [E,A] of step t. Transitions are recorded while their episode runs."""
+    obs = first = env.reset(tasks, seed)
+    tokens = model.encode_images(obs)
+    done = torch.zeros(len(tasks), dtype=torch.bool)
+    parts, episode_of = [], []
+    success = torch.zeros(len(tasks), dtype=torch.bool)
+    for t in range(env.horizon):
+        idx = (~done).nonzero().squeeze(-1)
+        actions = policy(obs, tokens, ~done, t).cpu().float()
+        step = env.step(actions)
+        next_tokens = model.encode_images(step.observation)
+        parts.append(Experience(as_uint8(obs[idx].cpu()), as_uint8(step.observation[idx].cpu()), tokens[idx].cpu(),
+                                next_tokens[idx].cpu(), actions[idx], [tasks[i].text for i in idx.tolist()],
+                                torch.zeros(len(idx), dtype=torch.bool), torch.zeros(len(idx), dtype=torch.bool)))
+        episode_of.append(idx)
+        success = step.info["success"].bool().cpu()
+        done |= (step.terminated | step.truncated).cpu()
+        obs, tokens = step.observation, next_tokens
+        if done.all():
+            break
+    experience, episode = Experience.cat(parts), torch.cat(episode_of)
+    experience.success = success[episode]
+    return Episodes(experience, episode, success, first.float().cpu(), obs.float().cpu(), tasks)
+
+
+# ----------------------------------------------------------------------------- policies
+def planner_policy(model: UnifiedModel, idm: InverseDynamics, env: RobotEnv, tasks: list[Task], seed: int,
+                   config: Config, plans: list[torch.Tensor] | None = None):
+    """SAIL's act: the planner imagines frame t+1 from frame t and the task; the inverse dynamics
+    model reads the action off (frame t, imagined frame). `plans` collects the imagined frames."""
+
+    @torch.no_grad()
+    def act(obs: torch.Tensor, tokens: torch.Tensor, active: torch.Tensor, t: int) -> torch.Tensor:
+        idx = active.nonzero().squeeze(-1)
+        with autocast(config, model):
+            rollout = model.generate_images([tasks[i].text for i in idx.tolist()], guidance=config.guidance,
+                                            temperature=config.temperature, seed=seed + 7919 * t,
+                                            context_tokens=tokens[idx.to(tokens.device)])
+        actions = torch.zeros(len(tasks), env.action_dim)
+        actions[idx] = idm(obs[idx.to(obs.device)].to(model.device), rollout.images).float().cpu()
+        if plans is not None:
+            plans.append(torch.zeros_like(obs).index_copy_(0, idx.to(obs.device), rollout.images.to(obs)).cpu())
+        return actions
+
+    return act
+
+
+def scripted_policy(env: RobotEnv, seed: int, noise: float):
+    """The environment's expert, a random command with probability `noise` (1: random episodes)."""
+    rng = np.random.default_rng(seed)
+
+    def act(obs: torch.Tensor, tokens: torch.Tensor, active: torch.Tensor, t: int) -> torch.Tensor:
+        if noise >= 1.0:
+            return torch.tensor(rng.uniform(-1, 1, size=(len(active), env.action_dim)), dtype=torch.float32)
+        return env.expert_actions(rng, noise)
+
+    return act
+
+
+# ----------------------------------------------------------------------------- the self-judge
+@dataclass
+class JudgeSet:
+    """Yes/no examples for the self-judge, from seen-task demonstrations."""
+
+    frames: torch.Tensor  # uint8 [M,3,H,W]
+    questions: list[str]
+    answers: list[str]
+
+    def save(self, path: Path) -> None:
+        with atomic_file(path) as tmp:
+            save_file({"frames": self.frames.contiguous()}, str(tmp),
+                      metadata={"questions": json.dumps(self.questions), "answers": json.dumps(self.answers)})
+
+    @staticmethod
+    def load(path: Path) -> JudgeSet:
+        frames, meta = _read(path)
+        return JudgeSet(frames["frames"], json.loads(meta["questions"]), json.loads(meta["answers"]))
+
+
+def judge_set(demos: Episodes, seed: int) -> JudgeSet:
+    """The final frame with its own task's question (yes on success), the first frame with it
+    (no: the robot has not moved yet), and a successful final frame with another task's question
+    (no); the no's subsampled to as many as the yes's."""
+    rng = np.random.default_rng(seed)
+    n = len(demos.tasks)
+    other = [demos.tasks[(i + int(rng.integers(1, n))) % n] for i in range(n)] if n > 1 else demos.tasks
+    success = demos.success.tolist()
+    yes = [(demos.final_frames[i], demos.tasks[i].question, "yes") for i in range(n) if success[i]]
+    no = ([(demos.final_frames[i], demos.tasks[i].question, "no") for i in range(n) if not success[i]]
+          + [(demos.first_frames[i], demos.tasks[i].question, "no") for i in range(n)]
+          + [(demos.final_frames[i], other[i].question, "no") for i in range(n)
+             if success[i] and other[i].text != demos.tasks[i].text])
+    no = [no[i] for i in rng.permutation(len(no))[:max(len(yes), 1)]]
+    rows = yes + no
+    return JudgeSet(as_uint8(torch.stack([r[0] for r in rows])), [r[1] for r in rows], [r[2] for r in rows])
+
+
+@torch.no_grad()
+def self_judge(model: UnifiedModel, frames: torch.Tensor, tasks: list[Task], config: Config,
+               batch: int = 64) -> torch.Tensor:
+    """The model's verdict on each final frame: p(yes) > p(no) to the task's question. [E] bool"""
+    verdicts = []
+    for i in range(0, len(tasks), batch):
+        with autocast(config, model):
+            p_yes, p_no = model.yes_no(frames[i:i + batch].to(model.device), [t.question for t in tasks[i:i + batch]])
+        verdicts.append((p_yes > p_no).cpu())
+    return torch.cat(verdicts)
+
+
+# ----------------------------------------------------------------------------- learning
+def train_planner(model: UnifiedModel, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+                  steps: int, lr: float, demos: Experience, own: Experience | None, judges: JudgeSet,
+                  config: Config, seed: int, desc: str) -> dict[str, float]:
+    """Next-frame NLL on (task, frame t) → frame t+1 batches (a share `own_fraction` from the
+    kept own episodes when there are any, the rest from seen-task demonstrations; `cfg_dropout`
+    of the rows without their task text), plus `judge_weight` × the self-judge's yes/no NLL."""
+    generator = torch.Generator().manual_seed(seed)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    n_own = round(config.batch_size * config.own_fraction) if own is not None and len(own) else 0
+    losses, judge_losses = [], []
+    for _ in progress(range(steps), desc=desc, leave=False):
+        parts = [demos.select(torch.randint(len(demos), (config.batch_size - n_own,), generator=generator))]
+        if n_own:
+            parts.append(own.select(torch.randint(len(own), (n_own,), generator=generator)))
+        batch = Experience.cat(parts)
+        unconditional = torch.rand(len(batch), generator=generator) < config.cfg_dropout
+        with autocast(config, model):
+            logprobs = model.image_token_logprobs(batch.task, batch.next_tokens, guidance=1.0,
+                                                  unconditional=unconditional, context_tokens=batch.tokens)
+        loss = -logprobs.float().mean()
+        losses.append(loss.item())
+        if config.judge_weight > 0:
+            j = torch.randint(len(judges.questions), (config.judge_batch_size,), generator=generator).tolist()
+            with autocast(config, model):
+                judge_logprobs = model.answer_logprobs(as_float(judges.frames[j]).to(model.device),
+                                                       [judges.questions[i] for i in j],
+                                                       [judges.answers[i] for i in j])
+            judge_loss = -judge_logprobs.float().mean()
+            judge_losses.append(judge_loss.item())
+            loss = loss + config.judge_weight * judge_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    tail = max(1, steps // 5)  # the last fifth: where the fine-tune ended, not where it began
+    metrics = {"planner/loss": float(np.mean(losses[-tail:]))}
+    if judge_losses:
+        metrics["judge/loss"] = float(np.mean(judge_losses[-tail:]))
+    return metrics
+
+
+def train_idm(idm: InverseDynamics, experience: Experience, steps: int, config: Config, seed: int) -> dict[str, float]:
+    """Retrain the inverse dynamics model on every transition so far; report its fit."""
+    losses = fit(idm, experience.frames, experience.next_frames, experience.actions, steps,
+                 batch_size=64, lr=config.idm_lr, seed=seed)
+    return {"idm/loss": float(np.mean(losses[-max(1, steps // 5):]))}
+
+
+# ----------------------------------------------------------------------------- the loop
+FILTERS = ("ground_truth", "self")
+WARMUP_FILES = ("demos.safetensors", "explore.safetensors", "judge.safetensors")
+
+
+def run_warmup(model: UnifiedModel, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+               env: RobotEnv, seen: list[Task], store: Path, config: Config, log: MetricsLogger) -> InverseDynamics:
+    """Step 0 on the seen tasks: demonstrations for the planner and the judge, every transition
+    (random-command episodes too) for the inverse dynamics model. Returns the trained IDM."""
+    t0 = time.time()
+    base_seed = config.seed * 1_000_003
+    demo_tasks = [seen[i % len(seen)] for i in range(config.demo_episodes)]
+    demos = run_episodes(env, model, demo_tasks, base_seed + 2**32, scripted_policy(env, base_seed, config.demo_noise))
+    explore_tasks = [seen[i % len(seen)] for i in range(config.explore_episodes)]
+    explore = run_episodes(env, model, explore_tasks, base_seed + 2**33, scripted_policy(env, base_seed + 1, 1.0))
+    judges = judge_set(demos, base_seed)
+    demo_experience = demos.keep(demos.success)
+    demo_experience.save(store / "demos.safetensors")
+    explore.keep(torch.zeros(len(explore.tasks), dtype=torch.bool)).save(store / "explore.safetensors")
+    judges.save(store / "judge.safetensors")
+    idm = InverseDynamics(config.idm).to(model.device)
+    idm_metrics = train_idm(idm, Experience.cat([demo_experience, explore.experience]), config.idm_warmup_steps,
+                            config, base_seed)
+    kept_demos = demo_experience.select(demo_experience.kept.nonzero().squeeze(-1))
+    planner_metrics = train_planner(model, params, optimizer, config.warmup_steps, config.warmup_lr,
+                                    kept_demos, None, judges, config, base_seed, "warm-up")
+    log.log(0, rounded({"demo/success": demos.success.float().mean().item(), "demo/transitions": len(demos.experience),
+                        **{f"warmup/{k}": v for k, v in (idm_metrics | planner_metrics).items()},
+                        "time/warmup": time.time() - t0}))
+    return idm
+
+
+def reuse_warmup(source: Path, run_dir: Path, log: MetricsLogger) -> InverseDynamics:
+    """`warmup_from`: the source run's experience, IDM and step-0 metrics line, copied in (the
+    planner and optimiser state were loaded from its step-0 checkpoint)."""
+    import shutil
+
+    for name in WARMUP_FILES:
+        if not (source / "experience" / name).is_file():
+            raise UnirlError(f"warmup_from: {source / 'experience' / name} missing (did its warm-up finish?)")
+        with atomic_file(run_dir / "experience" / name) as tmp:
+            shutil.copyfile(source / "experience" / name, tmp)
+    idm = InverseDynamics.load(source / "inverse_dynamics" / "step-0")
+    idm.save(run_dir / "inverse_dynamics" / "step-0")
+    first = next((json.loads(line) for line in (source / "metrics.jsonl").read_text().splitlines()
+                  if line.strip() and json.loads(line).get("step") == 0), None)
+    if first is not None:
+        log.log(0, {k: v for k, v in first.items() if k not in ("step", "time")} | {"warmup_from": str(source)})
+    return idm
+
+
+def write_samples(run_dir: Path, step: int, episodes: Episodes, plans: list[torch.Tensor], verdicts: torch.Tensor,
+                  limit: int = 4) -> None:
+    """samples/step-<n>/: the first episodes' frames as they happened (f<e>-<t>.png) and as the
+    planner imagined each next one (p<e>-<t>.png), with the task, outcome and self-judge verdict."""
+    from modalities.image.io import save_images
+    from unirl.atomic import atomic_dir
+
+    real = [episodes.experience.frames[episodes.episode == e] for e in range(limit)]
+    with atomic_dir(run_dir / "samples" / f"step-{step}", overwrite=True) as tmp:
+        rows = []
+        for e in range(min(limit, len(episodes.tasks))):
+            frames = [as_float(f) for f in real[e]] + [episodes.final_frames[e]]
+            names = [f"f{e}-{t}.png" for t in range(len(frames))]
+            plan_names = [f"p{e}-{t + 1}.png" for t in range(len(frames) - 1)]
+            save_images(torch.stack(frames), [tmp / n for n in names])
+            save_images(torch.stack([plans[t][e] for t in range(len(plan_names))]), [tmp / n for n in plan_names])
+            rows.append({"task": episodes.tasks[e].text, "frames": names, "plans": plan_names,
+                         "success": bool(episodes.success[e]), "judged_success": bool(verdicts[e])})
+        (tmp / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def success_metrics(episodes: Episodes, verdicts: torch.Tensor) -> dict[str, float]:
+    success = episodes.success.float()
+    metrics = {"success/unseen": success.mean().item()}
+    for task in dict.fromkeys(t.name for t in episodes.tasks):
+        mine = torch.tensor([t.name == task for t in episodes.tasks])
+        metrics[f"success/{task}"] = success[mine].mean().item()
+    truth = episodes.success
+    metrics["judge/accuracy"] = (verdicts == truth).float().mean().item()
+    metrics["judge/precision"] = truth[verdicts].float().mean().item() if verdicts.any() else float("nan")
+    metrics["judge/recall"] = verdicts[truth].float().mean().item() if truth.any() else float("nan")
+    return metrics
+
+
+def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
+          processes: Processes | None = None) -> Path:
+    """Run the loop, writing into `run_dir`; return the final planner checkpoint."""
+    from modalities.robot import make_env, make_tasks
+
+    run_dir = Path(run_dir)
+    processes = processes or init_processes(config.device)
+    if processes.world > 1:
+        raise UnirlError("sail: one process for now (run without accelerate launch)")
+    if config.filter not in FILTERS:
+        raise UnirlError(f"filter: expected one of {list(FILTERS)}, got {config.filter!r}")
+    if config.iterations < 1:
+        raise UnirlError(f"iterations: expected at least 1, got {config.iterations}")
+    torch.manual_seed(config.seed)
+    warmup = Path(config.warmup_from) / "checkpoints" / "step-0" if config.warmup_from and resume_from is None else None
+    if warmup is not None and not warmup.is_dir():
+        raise UnirlError(f"warmup_from: {warmup} not found (a SAIL run directory that finished its warm-up)")
+    model, params, _ = build_policy(config, resume_from or warmup)
+    if not model.image_context:
+        raise UnirlError(f"{config.model}: the {model.backend} backend cannot generate an image from an image yet "
+                         "(SAIL's planner needs it; the janus backend can)")
+    env = make_env(config.env, config.horizon, model.generation_image_size, model.device)
+    seen, unseen = make_tasks(config.env, config.seen_tasks), make_tasks(config.env, config.unseen_tasks)
+    if {t.text for t in seen} & {t.text for t in unseen}:
+        raise UnirlError("seen_tasks and unseen_tasks: share tasks; the unseen ones must stay out of the warm-up")
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    start = restore(resume_from or warmup, model, optimizer) if resume_from or warmup else 0
+    log = MetricsLogger(run_dir, resume_step=start if resume_from else -1, tensorboard=False)
+    store = run_dir / "experience"
+    store.mkdir(parents=True, exist_ok=True)
+    state_file = run_dir / "sail_state.json"
+    base_seed = config.seed * 1_000_003
+
+    if resume_from is None:
+        recipe = {"model": config.model, "env": config.env, "seen_tasks": [t.name for t in seen],
+                  "unseen_tasks": [t.name for t in unseen], "seed": config.seed, "filter": config.filter,
+                  "guidance": config.guidance, "temperature": config.temperature, "horizon": config.horizon,
+                  "rollouts_per_task": config.rollouts_per_task, "iterations": config.iterations,
+                  "warmup_from": config.warmup_from}
+        atomic_write_text(run_dir / "recipe.json", json.dumps(recipe, indent=1) + "\n")
+        if warmup is not None:
+            idm = reuse_warmup(Path(config.warmup_from), run_dir, log).to(model.device)
+        else:
+            idm = run_warmup(model, params, optimizer, env, seen, store, config, log)
+            idm.save(run_dir / "inverse_dynamics" / "step-0")
+        atomic_write_text(state_file, json.dumps({"success_by_iteration": []}) + "\n")
+        save(run_dir, 0, model, optimizer, config)
+    else:
+        idm = InverseDynamics.load(run_dir / "inverse_dynamics" / f"step-{start}").to(model.device)
+    demos_all = Experience.load(store / "demos.safetensors")
+    kept_demos = demos_all.select(demos_all.kept.nonzero().squeeze(-1))
+    all_transitions = [demos_all, Experience.load(store / "explore.safetensors")]
+    judges = JudgeSet.load(store / "judge.safetensors")
+    own = [Experience.load(store / f"iteration-{k}.safetensors") for k in range(1, start + 1)]
+    all_transitions += own
+    state = json.loads(state_file.read_text())
+    state = {k: v[:start] for k, v in state.items()}  # what a crash after the last checkpoint left is redone
+
+    # 1..I. Act on the unseen tasks, filter, fine-tune; then measure the last planner once more.
+    rollout_tasks = [task for task in unseen for _ in range(config.rollouts_per_task)]
+    bar = progress(range(start + 1, config.iterations + 2), desc="sail", initial=start, total=config.iterations + 1)
+    for k in bar:
+        t0 = time.time()
+        seed = base_seed + 7919 * k
+        plans: list[torch.Tensor] = []
+        episodes = run_episodes(env, model, rollout_tasks, seed,
+                                planner_policy(model, idm, env, rollout_tasks, seed, config, plans))
+        verdicts = self_judge(model, episodes.final_frames, episodes.tasks, config)
+        kept = episodes.success if config.filter == "ground_truth" else verdicts
+        metrics = success_metrics(episodes, verdicts) | {"kept": int(kept.sum()), "time/rollout": time.time() - t0}
+        state.setdefault("success_by_iteration", []).append(metrics["success/unseen"])
+        state.setdefault("judge_accuracy_by_iteration", []).append(metrics["judge/accuracy"])
+        state.setdefault("kept_by_iteration", []).append(int(kept.sum()))
+        state.setdefault("success_by_task", []).append({t.name: metrics[f"success/{t.name}"] for t in unseen})
+        bar.set_postfix(success=f"{metrics['success/unseen']:.3f}")
+        if config.sample_every:
+            write_samples(run_dir, k, episodes, plans, verdicts)
+        if k == config.iterations + 1:  # the last planner's measurement: nothing left to learn from it
+            log.log(k, rounded(metrics))
+            break
+        experience = episodes.keep(kept)
+        experience.save(store / f"iteration-{k}.safetensors")
+        own.append(experience)
+        all_transitions.append(experience)
+        kept_own = Experience.cat(own)
+        kept_own = kept_own.select(kept_own.kept.nonzero().squeeze(-1))
+        t1 = time.time()
+        metrics |= train_planner(model, params, optimizer, config.finetune_steps, config.learning_rate, kept_demos,
+                                 kept_own, judges, config, seed, f"fine-tune {k}")
+        metrics |= train_idm(idm, Experience.cat(all_transitions), config.idm_steps, config, seed)
+        metrics |= {"kept_transitions": len(kept_own), "time/learn": time.time() - t1}
+        log.log(k, rounded(metrics))
+        idm.save(run_dir / "inverse_dynamics" / f"step-{k}")
+        atomic_write_text(state_file, json.dumps(state) + "\n")
+        save(run_dir, k, model, optimizer, config)
+
+    summary = {**state, "filter": config.filter, "model": config.model, "env": config.env, "seed": config.seed,
+               "unseen_tasks": [t.name for t in unseen], "rollouts_per_task": config.rollouts_per_task,
+               "guidance": config.guidance, "temperature": config.temperature, "horizon": config.horizon}
+    atomic_write_text(run_dir / "sail_summary.json", json.dumps(summary, indent=1) + "\n")
+    final = link_checkpoint(run_dir / "checkpoints" / f"step-{config.iterations}", "final")
+    log.close()
+    return final
