@@ -58,6 +58,9 @@ class RobotEnv(abc.ABC):
         """A scripted expert's actions [N, action_dim] for the running episodes (demonstrations)."""
         raise UnirlError(f"{type(self).__name__}: no scripted expert for demonstrations")
 
+    def close(self) -> None:  # noqa: B027 (most environments hold nothing to release)
+        """Release what the episodes hold (simulators, renderers)."""
+
 
 class GymnasiumEnv(RobotEnv):
     """Episodes of gymnasium environments, one environment per episode, made by
@@ -77,9 +80,13 @@ class GymnasiumEnv(RobotEnv):
         return F.interpolate(pixels, size=(self.image_size, self.image_size), mode="bilinear", antialias=True,
                              align_corners=False).clamp(0, 1)
 
-    def reset(self, tasks: list[Task], seed: int) -> torch.Tensor:
+    def close(self) -> None:
         for env in self.envs:
             env.close()
+        self.envs = []
+
+    def reset(self, tasks: list[Task], seed: int) -> torch.Tensor:
+        self.close()
         self.tasks = tasks
         self.envs = [self.make(task) for task in tasks]
         spaces = [env.action_space for env in self.envs]

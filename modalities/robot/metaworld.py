@@ -25,9 +25,9 @@ def _require_metaworld() -> Any:
     try:
         import gymnasium
         import metaworld  # noqa: F401  (registers the Meta-World/ environments)
-    except ImportError:
-        raise UnirlError("env metaworld: needs `pip install metaworld` (gymnasium and MuJoCo come with it); "
-                         "set MUJOCO_GL=egl or osmesa on a machine without a display") from None
+    except ImportError as e:
+        raise UnirlError(f"env metaworld: {e} (needs `pip install metaworld`, which brings gymnasium and "
+                         "MuJoCo; set MUJOCO_GL=egl or osmesa on a machine without a display)") from None
     return gymnasium
 
 

@@ -81,6 +81,8 @@ class Config(PolicyConfig):
     """The warm-up teaches a new skill (frame in, frame out) and needs a larger step than fine-tuning."""
     finetune_steps: int = 100
     batch_size: int = 32
+    changed_weight: float = 0.0
+    """Extra weight, in the next-frame NLL, of the tokens that differ from frame t's (what moved)."""
     own_fraction: float = 0.5
     """Share of each fine-tune batch drawn from kept unseen-task episodes (the rest: seen-task demonstrations)."""
     judge_batch_size: int = 16
@@ -301,7 +303,10 @@ def train_planner(model: UnifiedModel, params: list[torch.nn.Parameter], optimiz
         with autocast(config, model):
             logprobs = model.image_token_logprobs(batch.task, batch.next_tokens, guidance=1.0,
                                                   unconditional=unconditional, context_tokens=batch.tokens)
-        loss = -logprobs.float().mean()
+        # Most of a next frame repeats frame t; what moved is the few tokens that differ, and the
+        # plan is in them: `changed_weight` counts each of those that many times more.
+        weights = 1.0 + config.changed_weight * (batch.next_tokens != batch.tokens).float().to(logprobs.device)
+        loss = -(weights * logprobs.float()).sum() / weights.sum()
         losses.append(loss.item())
         if config.judge_weight > 0:
             j = torch.randint(len(judges.questions), (config.judge_batch_size,), generator=generator).tolist()
@@ -517,5 +522,6 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
                "guidance": config.guidance, "temperature": config.temperature, "horizon": config.horizon}
     atomic_write_text(run_dir / "sail_summary.json", json.dumps(summary, indent=1) + "\n")
     final = link_checkpoint(run_dir / "checkpoints" / f"step-{config.iterations}", "final")
+    env.close()
     log.close()
     return final
