@@ -50,7 +50,8 @@ from unirl.progress import progress
 class Config(PolicyConfig):
     """SAIL's loop. `learning_rate` is the per-iteration fine-tune's; the policy and LoRA fields are
     `PolicyConfig`'s (`group_size`, `max_steps`, `save_every` are not used: the loop's units are
-    iterations, and every iteration ends with a checkpoint)."""
+    iterations, and every iteration ends with a checkpoint; any non-zero `sample_every` writes
+    each iteration's first episodes to samples/step-<k>)."""
 
     recipe: str = "sail"
     env: str = "tabletop"
