@@ -33,6 +33,8 @@ OBJECT_COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "
 VARIANTS = [(c, s) for c in OBJECT_COLORS for s in SHAPES]
 HELDOUT = [(c, SHAPES[(2 * i + 1) % len(SHAPES)]) for i, c in enumerate(OBJECT_COLORS)]
 MOVES = [(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+CELLS = np.stack(np.meshgrid(np.arange(GRID), np.arange(GRID), indexing="xy"), -1).reshape(-1, 2)  # [36, (x, y)]
+CELL_INDEX = {tuple(c): j for j, c in enumerate(CELLS.tolist())}
 
 
 def task_for(color: str, shape: str) -> Task:
@@ -152,20 +154,18 @@ class TableTop(RobotEnv):
 
     @staticmethod
     def _first_move(robot: np.ndarray, objects: np.ndarray) -> tuple[int, int]:
-        cells = np.stack(np.meshgrid(np.arange(GRID), np.arange(GRID), indexing="xy"), -1).reshape(-1, 2)
-        near = np.stack([chebyshev(cells, o) for o in objects])  # [K, cells]
-        free = ((near[1:] >= 2).all(0) if len(objects) > 1 else np.ones(len(cells), bool)) & (near > 0).all(0)
+        near = np.stack([chebyshev(CELLS, o) for o in objects])  # [K, cells]
+        free = (near[1:] >= 2).all(0) & (near > 0).all(0)  # off every object, touching no distractor
         goal = free & (near[0] == 1)
-        index = {tuple(c): j for j, c in enumerate(cells)}
         first: dict[tuple[int, int], tuple[int, int] | None] = {tuple(robot): None}
         queue = deque([tuple(robot)])
         while queue:
             cur = queue.popleft()
-            if goal[index[cur]]:
+            if goal[CELL_INDEX[cur]]:
                 return first[cur] or (0, 0)
             for dx, dy in MOVES:
                 nxt = (cur[0] + dx, cur[1] + dy)
-                if nxt in index and nxt not in first and free[index[nxt]]:
+                if nxt in CELL_INDEX and nxt not in first and free[CELL_INDEX[nxt]]:
                     first[nxt] = first[cur] or (dx, dy)
                     queue.append(nxt)
         target = objects[0] - robot  # no clean path: head for the target anyway

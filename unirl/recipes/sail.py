@@ -395,11 +395,11 @@ def write_samples(run_dir: Path, step: int, episodes: Episodes, plans: list[torc
     from modalities.image.io import save_images
     from unirl.atomic import atomic_dir
 
-    real = [episodes.experience.frames[episodes.episode == e] for e in range(limit)]
     with atomic_dir(run_dir / "samples" / f"step-{step}", overwrite=True) as tmp:
         rows = []
         for e in range(min(limit, len(episodes.tasks))):
-            frames = [as_float(f) for f in real[e]] + [episodes.final_frames[e]]
+            seen = episodes.experience.frames[episodes.episode == e]
+            frames = [as_float(f) for f in seen] + [episodes.final_frames[e]]
             names = [f"f{e}-{t}.png" for t in range(len(frames))]
             plan_names = [f"p{e}-{t + 1}.png" for t in range(len(frames) - 1)]
             save_images(torch.stack(frames), [tmp / n for n in names])
