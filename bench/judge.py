@@ -2,8 +2,9 @@
 
     python -m bench.judge --model toy [--images 64 --repeats 3] [--json]
 
-Ours is `SelfVQAReward` (every question of every image in batched `yes_no` forwards); the
-reference asks the same questions one image at a time, as a loop over images would. Both judge
+Ours is `SelfVQAReward` (`yes_no_about`: each image and the turn up to its questions run once,
+then every question of every image in one batch from that KV cache); the reference asks the same
+questions one image at a time, each question on its own row, as a loop over images would. Both judge
 the same rendered shapes-world scenes against their specs' yes/no questions, in the same process,
 alternating, after a warm-up; the median of the repeats. They must give the same margins (checked
 to 1e-3). With --json the last line is {"ours_images_per_s", "reference_images_per_s", "ratio", ...}.

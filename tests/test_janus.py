@@ -93,3 +93,22 @@ def test_cpu_vq_decoder_runs_channels_last_and_decodes_as_the_default_layout(tin
     with torch.no_grad():
         expected = ((plain.decode(tokens).float() + 1) / 2).clamp(0, 1)
     assert torch.allclose(tiny_janus.decode_tokens(tokens), expected, atol=1e-5)
+
+
+def test_questions_sharing_images_read_each_image_once_and_agree():
+    """`yes_no_about` (each image's prefix run once, questions continuing from its KV cache) gives
+    what `yes_no` gives on the images repeated per question; on the toy, whose answers are sharp."""
+    from modalities.image.shapes import render, sample_scenes, split_specs
+    from unirl.specs import yes_no_questions
+
+    toy = load_model("toy", device="cpu", dtype="float32")
+    scenes = sample_scenes(split_specs("heldout"), 5, seed=3)
+    per_image = [yes_no_questions(s.spec) for s in scenes]
+    owner = torch.tensor([i for i, qs in enumerate(per_image) for _ in qs])
+    questions = [q for qs in per_image for q in qs]
+    images = render(scenes)
+    p_yes, p_no = toy.yes_no_about(images, owner, questions)
+    q_yes, q_no = toy.yes_no(images[owner], questions)
+    assert len(set(owner.tolist())) == 5 and len(questions) > 5
+    assert torch.allclose(p_yes, q_yes, atol=1e-4) and torch.allclose(p_no, q_no, atol=1e-4)
+    assert (q_yes - q_no).abs().max() > 0.5  # the comparison is not between near-zeros

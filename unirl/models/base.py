@@ -77,6 +77,13 @@ class UnifiedModel(abc.ABC):
     @abc.abstractmethod
     def yes_no(self, images: Images, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]: ...
 
+    def yes_no_about(self, images: torch.Tensor, owner: torch.Tensor, questions: list[str]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """p(yes), p(no) [N] for questions that share images, as a judge asks them: question k is
+        about images[owner[k]]. A backend that can read each image once for all its questions
+        overrides this; here each (image, question) pair is asked on its own row."""
+        return self.yes_no(images[owner.to(images.device)], questions)
+
     @abc.abstractmethod
     def save_pretrained(self, path: str | Path) -> None:
         """Write a folder that `load_model(path)` reads back (safetensors weights + configs)."""

@@ -456,6 +456,37 @@ class JanusModel(UnifiedModel):
         probs = torch.softmax(self.module.lm_head(out.last_hidden_state[:, -1]).float(), dim=-1)
         return probs[:, self.yes_ids].sum(-1), probs[:, self.no_ids].sum(-1)
 
+    @torch.no_grad()
+    def yes_no_about(self, images: torch.Tensor, owner: torch.Tensor, questions: list[str]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As `yes_no` on images[owner], with each image read once: the turn up to where the
+        questions differ (the image block, and any words they share) runs once per image, and
+        every question continues from its image's KV cache, all questions in one batch."""
+        rows = self.tokenizer([self.understanding_text(q) for q in questions], add_special_tokens=True)["input_ids"]
+        shared = common_prefix_length(rows)
+        shared = min(shared, min(len(r) for r in rows) - 1)  # each question keeps a token of its own
+        if self.image_token_id in rows[0][shared:]:  # a tokenizer merged across the image block
+            return super().yes_no_about(images, owner, questions)
+        prefix = torch.tensor(rows[0][:shared], device=self.device).expand(len(images), -1)
+        out = self.module.model(input_ids=prefix, pixel_values=self.preprocess_images(images), use_cache=True)
+        cache = out.cache
+        cache.reorder_cache(owner.to(self.device))  # one copy of its image's prefix per question
+        suffix = [r[shared:] for r in rows]
+        width = max(len(r) for r in suffix)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
+        for i, r in enumerate(suffix):  # right-padded: padding comes after what is read
+            ids[i, :len(r)] = torch.tensor(r)
+            mask[i, shared:shared + len(r)] = 1
+        positions = torch.arange(shared, shared + width, device=self.device).expand(len(rows), -1)
+        out = self.module.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                position_ids=positions, cache=cache)
+        last = torch.tensor([len(r) - 1 for r in suffix], device=self.device)
+        hidden = out.last_hidden_state[torch.arange(len(rows), device=self.device), last]
+        probs = torch.softmax(self.module.lm_head(hidden).float(), dim=-1)
+        return probs[:, self.yes_ids].sum(-1), probs[:, self.no_ids].sum(-1)
+
     # ----------------------------------------------------------------- saving
     def save_pretrained(self, path: str | Path) -> None:
         path = Path(path)
@@ -463,6 +494,15 @@ class JanusModel(UnifiedModel):
         self.module.save_pretrained(path, safe_serialization=True)
         self.processor.save_pretrained(path)
         (path / MODEL_CARD).write_text(json.dumps({"backend": self.backend, "base": self.spec}, indent=1))
+
+
+def common_prefix_length(rows: list[list[int]]) -> int:
+    """How many leading tokens every row shares."""
+    shortest = min(len(r) for r in rows)
+    for t in range(shortest):
+        if any(r[t] != rows[0][t] for r in rows):
+            return t
+    return shortest
 
 
 def load_janus_folder(path: str, spec: str, device: torch.device, dtype: torch.dtype) -> JanusModel:

@@ -30,7 +30,8 @@ class SelfVQAReward:
     stars?", "Is the square left of the heart?") of p_yes − p_no ("margin", in [-1, 1]) or of the
     0/1 verdict p_yes > p_no ("verdict"). An image whose spec has no questions scores 0."""
 
-    def __init__(self, model: UnifiedModel, mode: Literal["margin", "verdict"] = "margin", batch_size: int = 64):
+    def __init__(self, model: UnifiedModel, mode: Literal["margin", "verdict"] = "margin", batch_size: int = 32):
+        """`batch_size`: images per forward pass, each with all its questions."""
         if mode not in ("margin", "verdict"):
             raise ValueError(f"mode: expected 'margin' or 'verdict', got {mode!r}")
         self.model, self.mode, self.batch_size = model, mode, batch_size
@@ -39,13 +40,16 @@ class SelfVQAReward:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, specs: list[Spec]) -> tuple[torch.Tensor, dict[str, Any]]:
         owner, questions = flatten_per_image([yes_no_questions(s) for s in specs])
-        margins = torch.zeros(len(questions))
-        for start in range(0, len(questions), self.batch_size):
-            idx = owner[start:start + self.batch_size]
-            p_yes, p_no = self.model.yes_no(images[idx], questions[start:start + self.batch_size])
-            margins[start:start + len(idx)] = (p_yes - p_no).float().cpu()
-        scores = margins if self.mode == "margin" else (margins > 0).float()
         owner_t = torch.tensor(owner, dtype=torch.long)
+        margins = torch.zeros(len(questions))
+        for start in range(0, len(specs), self.batch_size):
+            asked = ((owner_t >= start) & (owner_t < start + self.batch_size)).nonzero().squeeze(1)
+            if len(asked) == 0:
+                continue
+            p_yes, p_no = self.model.yes_no_about(images[start:start + self.batch_size], owner_t[asked] - start,
+                                                  [questions[k] for k in asked.tolist()])
+            margins[asked] = (p_yes - p_no).float().cpu()
+        scores = margins if self.mode == "margin" else (margins > 0).float()
         totals = torch.zeros(len(specs)).index_add_(0, owner_t, scores)
         counts = torch.zeros(len(specs)).index_add_(0, owner_t, torch.ones(len(owner)))
         rewards = totals / counts.clamp(min=1)
