@@ -14,7 +14,7 @@ from unirl.models import TOY_MODEL_DIR, load_model
 from unirl.recipes.pretrain_toy import PretrainToyConfig, pretrain_toy
 from unirl.specs import normalize_answer
 
-SMALL = PretrainToyConfig(hidden=32, layers=1, heads=2, vision_hidden=32, vision_layers=1, vq_steps=2,
+SMALL = PretrainToyConfig(hidden=32, layers=2, heads=4, vision_hidden=32, vision_layers=1, vq_steps=2,
                           vq_batch=2, vision_steps=2, vision_batch=2, lm_steps=2, guidance_prompts=2,
                           guidance_candidates=(1.5, 5.0), gen_batch=2, und_batch=2, warmup=1)
 
@@ -66,29 +66,42 @@ def test_shipped_toy_loads_fast_generates_and_keeps_training(tmp_path):
 
 def test_word_grounding_names_the_right_objects_and_is_learnable():
     from modalities.image.shapes import Scene, SceneObject, render
-    from unirl.recipes.pretrain_toy import WordGrounding, build_toy
+    from unirl.recipes.pretrain_toy import WherePointer, WordGrounding, build_toy
 
-    model = build_toy(PretrainToyConfig(hidden=32, layers=1, heads=2, vision_hidden=32, vision_layers=1))
-    grounding = WordGrounding(model, layer=0)
+    model = build_toy(PretrainToyConfig(hidden=32, layers=2, heads=4, vision_hidden=32, vision_layers=1))
+    grounding, pointer = WordGrounding(model, layer=0), WherePointer(model, layer=1)
     # A red star in cell (0, 1) and a blue heart in cell (2, 3) of the 6x6 table.
     scene = Scene({}, [SceneObject("star", "red", 24.0, 8.0, 7.0), SceneObject("heart", "blue", 56.0, 40.0, 7.0)])
-    conversation = [("What color is the star?", "red"), ("Is there a green heart?", "no")]
-    inputs, _, _ = model.conversation_batch(render([scene]), [conversation])
-    image_at = (inputs["input_ids"][0] == model.module.config.image_token_id).nonzero().squeeze(1).tolist()
-    tokens = model.tokenizer.convert_ids_to_tokens(inputs["input_ids"][0].tolist())
-    named = {tokens[t]: objects for _, t, objects in grounding.named_objects(inputs["input_ids"], [scene])}
+    conversation = [("What color is the star?", "red"), ("Is there a green heart?", "no"),
+                    ("Where is the heart relative to the star?", "below")]
+    inputs, _, answer_at = model.conversation_batch(render([scene]), [conversation])
+    ids = inputs["input_ids"]
+    image_at = (ids[0] == model.module.config.image_token_id).nonzero().squeeze(1).tolist()
+    tokens = model.tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    named = {}
+    for _, t, objects in grounding.named_objects(ids, [scene]):
+        named.setdefault(tokens[t], []).append(objects)
     # "green" names nothing here; "star" and the answer "red" name the star; "heart" the heart.
-    assert named == {"Ġstar": [image_at[1]], "Ġred": [image_at[1]], "Ġheart": [image_at[2 * 6 + 3]]}
+    star, heart = [image_at[1]], [image_at[2 * 6 + 3]]
+    assert named == {"Ġstar": [star, star], "Ġred": [star], "Ġheart": [heart, heart]}
+    # The "where" answer is decided at its turn's last prompt token, from the heart (A) and the star (B).
+    to_subject, to_reference = pointer.queries(ids, [conversation], answer_at)
+    (_, at, (a,)), (_, _, (b,)) = to_subject[0], to_reference[0]
+    assert len(to_subject) == len(to_reference) == 1
+    assert (at, tokens[a], tokens[b]) == (answer_at[0][2], "Ġheart", "Ġstar")
+    assert max(image_at) < a < b < at  # the question's words, not the first turn's
 
-    params = [p for p in model.module.model.language_model.parameters()]
+    params = [*model.module.model.language_model.parameters(), *grounding.parameters()]
     optimizer = torch.optim.AdamW(params, lr=1e-2)
     losses = []
     for _ in range(30):
         model.target_logprobs(inputs, torch.zeros_like(inputs["attention_mask"], dtype=torch.bool))
-        loss = grounding.loss(inputs["input_ids"], inputs["attention_mask"], [scene])
+        terms = torch.stack([grounding.loss(ids, inputs["attention_mask"], [scene]),
+                             grounding.position_loss(ids, [scene]), pointer.loss(inputs, [conversation], answer_at)])
         optimizer.zero_grad()
-        loss.backward()
+        terms.sum().backward()
         optimizer.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.2 * losses[0]
+        losses.append(terms.detach())
+    assert (losses[-1] < 0.2 * losses[0]).all(), (losses[0], losses[-1])
     grounding.remove()
+    pointer.remove()
