@@ -152,13 +152,15 @@ class JanusModel(UnifiedModel):
             raise UnirlError(f"question: {slots} {IMAGE_SLOT} slots for {num_images} images")
         return f"{USER}: {question.replace(IMAGE_SLOT, block)}\n\n{ASSISTANT}:"
 
-    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _left_pad(self, rows: list[list[int]], right: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ids and mask [N, longest], padded on the left (on the right with `right`)."""
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r)
-            mask[i, width - len(r):] = 1
+            start = 0 if right else width - len(r)
+            ids[i, start:start + len(r)] = torch.tensor(r)
+            mask[i, start:start + len(r)] = 1
         return ids.to(self.device), mask.to(self.device)
 
     def _generation_inputs(self, prompts: list[str], guidance: float, unconditional: torch.Tensor | None = None,
@@ -472,16 +474,10 @@ class JanusModel(UnifiedModel):
         cache = out.cache
         cache.reorder_cache(owner.to(self.device))  # one copy of its image's prefix per question
         suffix = [r[shared:] for r in rows]
-        width = max(len(r) for r in suffix)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), shared + width), dtype=torch.long)
-        mask[:, :shared] = 1
-        for i, r in enumerate(suffix):  # right-padded: padding comes after what is read
-            ids[i, :len(r)] = torch.tensor(r)
-            mask[i, shared:shared + len(r)] = 1
-        positions = torch.arange(shared, shared + width, device=self.device).expand(len(rows), -1)
-        out = self.module.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                position_ids=positions, cache=cache)
+        ids, mask = self._left_pad(suffix, right=True)  # padding after what is read
+        mask = torch.cat([mask.new_ones(len(rows), shared), mask], dim=1)
+        positions = torch.arange(shared, shared + ids.shape[1], device=self.device).expand(len(rows), -1)
+        out = self.module.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache)
         last = torch.tensor([len(r) - 1 for r in suffix], device=self.device)
         hidden = out.last_hidden_state[torch.arange(len(rows), device=self.device), last]
         probs = torch.softmax(self.module.lm_head(hidden).float(), dim=-1)

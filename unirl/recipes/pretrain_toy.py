@@ -350,6 +350,7 @@ class AttentionCapture:
     def _capture_input(self, module, args, kwargs) -> None:
         self.hidden = args[0] if args else kwargs["hidden_states"]
         self.rope = kwargs["position_embeddings"]
+        self._qk = None  # this pass's rotated queries and keys, projected once for every supervised head
 
     def _capture_output(self, module, args, output) -> None:
         self.output = output[0] if isinstance(output, tuple) else output
@@ -368,14 +369,14 @@ class AttentionCapture:
         batch, length, _ = h.shape
         if not queries:
             return h.new_zeros(())
+        if self._qk is None:
+            split = [proj(h).view(batch, length, -1, attn.head_dim).transpose(1, 2)
+                     for proj in (attn.q_proj, attn.k_proj)]
+            self._qk = apply_rotary_pos_emb(*split, *self.rope)  # [B,H,T,d], [B,H_kv,T,d]
+        rotated_q, rotated_k = self._qk
         rows_t, at_t = torch.tensor([q[0] for q in queries]), torch.tensor([q[1] for q in queries])
         kv_head = head // (attn.config.num_attention_heads // attn.config.num_key_value_heads)
-
-        def one_head(proj: torch.nn.Linear, index: int) -> torch.Tensor:  # [B,1,T,d]
-            return proj(h).view(batch, length, -1, attn.head_dim)[:, :, index:index + 1].transpose(1, 2)
-
-        q, k = apply_rotary_pos_emb(one_head(attn.q_proj, head), one_head(attn.k_proj, kv_head), *self.rope)
-        scores = torch.einsum("md,mtd->mt", q[rows_t, 0, at_t], k[rows_t, 0]) * attn.scaling
+        scores = torch.einsum("md,mtd->mt", rotated_q[rows_t, head, at_t], rotated_k[rows_t, kv_head]) * attn.scaling
         keys = torch.arange(length)
         visible = (attention_mask[rows_t] > 0) & (keys[None, :] <= at_t[:, None])
         log_attention = torch.log_softmax(scores.float().masked_fill(~visible, float("-inf")), dim=-1)
