@@ -1,27 +1,41 @@
 #!/usr/bin/env bash
 # Every GPU check in one run (device time is scarce). Usage, from the repository root on a CUDA
-# machine: bash bench/gpu.sh [step] [rollout] [cli]   (all three when none is named)
+# machine: bash bench/gpu.sh [checks] [rollout] [judge] [step] [cli] [tests]
+# (checks, rollout, judge and step when none is named; about 7 minutes on an H200)
+#   checks   tests/test_cuda.py: CUDA-graph decoding equals eager decoding and transformers
+#   rollout  16 prompts x 8 images, guidance 5, 576 tokens: ours, transformers', the bandwidth floor,
+#            and answers against transformers' text generate; then the shipped toy
+#   judge    self-VQA judging against a per-image loop: the toy (float32), Janus-Pro-1B's shapes (bf16)
 #   step     one UniRL GRPO step of a random-init Janus-Pro-1B-shaped model, bf16 (bench.step)
-#   rollout  16 prompts x 8 images, guidance 5, 576 tokens: ours, transformers', the bandwidth floor
 #   cli      the README's commands on CUDA with the shipped toy model (eval, train, jigsaw)
-#   tests    the model, recipe and toy tests, which build their models on CUDA when it is there
+#   tests    the model, recipe and toy tests
 # Logs go under ${OUT:-bench-gpu}.
 set -u
 out=${OUT:-bench-gpu}; mkdir -p "$out"
-parts=${*:-step rollout cli tests}
+parts=${*:-checks rollout judge step}
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 quiet() { grep -v -E "it/s\]|s/it\]"; }
 python3 - <<'PY' 2>&1 | tee "$out/env.log"
 import torch, transformers
 print(torch.__version__, transformers.__version__, torch.cuda.get_device_name(), torch.cuda.get_device_properties(0).total_memory / 2**30, "GiB")
 PY
-if [[ " $parts " == *" step "* ]]; then
-  timeout 300 python3 -m bench.step --config configs/unirl/janus_pro_1b_grpo.yaml --model janus-pro-1b-shape \
-    --steps 2 prompts=shapes:train 2>&1 | quiet | tee "$out/step.log"
+if [[ " $parts " == *" checks "* ]]; then
+  timeout 120 python3 -m pytest -q -p no:cacheprovider --tb=line tests/test_cuda.py 2>&1 | tail -n 30 | tee "$out/checks.log"
 fi
 if [[ " $parts " == *" rollout "* ]]; then
-  timeout 300 python3 -m bench.rollout --model janus-pro-1b-shape --prompts 16 --samples 8 --guidance 5 \
+  timeout 200 python3 -m bench.rollout --model janus-pro-1b-shape --prompts 16 --samples 8 --guidance 5 \
     --repeats 2 2>&1 | quiet | tee "$out/rollout.log"
+  timeout 60 python3 -m bench.rollout --model toy --prompts 16 --samples 4 --guidance 3 --repeats 3 2>&1 | quiet \
+    | tee -a "$out/rollout.log"
+fi
+if [[ " $parts " == *" judge "* ]]; then
+  timeout 60 python3 -m bench.judge --model toy --dtype float32 2>&1 | quiet | tee "$out/judge.log"
+  timeout 90 python3 -m bench.judge --model janus-pro-1b-shape --images 64 --repeats 2 2>&1 | quiet \
+    | tee -a "$out/judge.log"
+fi
+if [[ " $parts " == *" step "* ]]; then
+  timeout 140 python3 -m bench.step --config configs/unirl/janus_pro_1b_grpo.yaml --model janus-pro-1b-shape \
+    --steps 2 prompts=shapes:train 2>&1 | quiet | tee "$out/step.log"
 fi
 if [[ " $parts " == *" cli "* ]]; then
   unirl() { python3 -m unirl.cli "$@"; }

@@ -7,7 +7,8 @@ then every question of every image in one batch from that KV cache); the referen
 questions one image at a time, each question on its own row, as a loop over images would. Both judge
 the same rendered shapes-world scenes against their specs' yes/no questions, in the same process,
 alternating, after a warm-up; the median of the repeats. They must give the same margins (checked
-to 1e-3). With --json the last line is {"ours_images_per_s", "reference_images_per_s", "ratio", ...}.
+to 1e-3 in float32, 3e-2 in bf16). With --json the last line is {"ours_images_per_s",
+"reference_images_per_s", "ratio", ...}.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def main() -> None:
 
     with torch.no_grad():
         batched, looped = ours(), reference()  # warm-up, and the same answer
-        if not torch.allclose(batched.cpu(), looped.cpu(), atol=1e-3):
+        tolerance = 1e-3 if model.dtype == torch.float32 else 3e-2  # bf16 rounds the cached prefix differently
+        if not torch.allclose(batched.cpu(), looped.cpu(), atol=tolerance):
             raise SystemExit(f"judges disagree: max difference {(batched.cpu() - looped.cpu()).abs().max():.4f}")
         ours_s, ref_s = [], []
         for _ in range(args.repeats):

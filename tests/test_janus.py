@@ -112,3 +112,20 @@ def test_questions_sharing_images_read_each_image_once_and_agree():
     assert len(set(owner.tolist())) == 5 and len(questions) > 5
     assert torch.allclose(p_yes, q_yes, atol=1e-4) and torch.allclose(p_no, q_no, atol=1e-4)
     assert (q_yes - q_no).abs().max() > 0.5  # the comparison is not between near-zeros
+
+
+def test_decode_step_ignores_the_unused_cache_slots_a_graph_reads(tiny_janus):
+    """A replayed CUDA graph attends over a fixed span of slots, some not yet written: masked
+    out, they must change nothing (checked here on the CPU, the same step run eagerly)."""
+    from unirl.models.llama_decode import CachedDecoder, attention_buckets
+
+    m = tiny_janus
+    ids, mask = m._generation_inputs(["a red circle", "two blue stars left of a big green heart"], 5.0)
+    decoder = CachedDecoder(m.lm, m._prompt_embeds(ids, None), mask, 8,
+                            embed=lambda t: m.module.prepare_embeddings_for_image_generation(t.repeat(2)[:, None]),
+                            head=lambda h: m.module.model.generation_head(h), graphs=False)
+    for token in (3, 7, 1):
+        exact = decoder.feed(torch.tensor([token, token + 1]))
+        widest = decoder._step(decoder.capacity)  # the same token again, over every slot
+        torch.testing.assert_close(widest, exact, atol=1e-5, rtol=0)
+    assert attention_buckets(30, 200) == [64, 128, 192, 200] and attention_buckets(65, 70) == [70]
