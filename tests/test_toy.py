@@ -97,7 +97,7 @@ def test_word_grounding_names_the_right_objects_and_is_learnable():
     for _ in range(30):
         model.target_logprobs(inputs, torch.zeros_like(inputs["attention_mask"], dtype=torch.bool))
         terms = torch.stack([grounding.loss(ids, inputs["attention_mask"], [scene]),
-                             grounding.position_loss(ids, [scene]), pointer.loss(inputs, [conversation], answer_at)])
+                             *grounding.probe_losses(ids, [scene]), pointer.loss(inputs, [conversation], answer_at)])
         optimizer.zero_grad()
         terms.sum().backward()
         optimizer.step()
