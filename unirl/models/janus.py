@@ -26,7 +26,7 @@ from transformers import JanusConfig, JanusForConditionalGeneration, JanusImageP
 
 from unirl.errors import UnirlError
 from unirl.models.base import IMAGE_SLOT, ImageRollout, Images, TextRollout, UnifiedModel, yes_no_token_ids
-from unirl.models.llama_decode import CachedDecoder
+from unirl.models.llama_decode import CachedDecoder, mask_positions
 from unirl.models.tokenizer import ASSISTANT, USER, build_byte_bpe_tokenizer
 
 MODEL_CARD = "unirl_model.json"  # marks a folder this toolkit saved; names the backend
@@ -199,10 +199,6 @@ class JanusModel(UnifiedModel):
                              f"got {tuple(context_tokens.shape)}")
 
     @staticmethod
-    def _positions(mask: torch.Tensor) -> torch.Tensor:
-        return (mask.cumsum(-1) - 1).clamp(min=0)
-
-    @staticmethod
     def _guided_logprobs(logits: torch.Tensor, batch: int, guidance: float, temperature: float) -> torch.Tensor:
         """logits: [R, ..., V] with R = batch (no CFG) or 2*batch (cond rows, then uncond rows)."""
         logits = logits.float()
@@ -280,7 +276,7 @@ class JanusModel(UnifiedModel):
         embeds = torch.cat([self._prompt_embeds(ids, context_tokens),
                             self.module.prepare_embeddings_for_image_generation(rows)], dim=1)
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], steps - 1)], dim=1)
-        hidden = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=self._positions(mask),
+        hidden = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=mask_positions(mask),
                          use_cache=False).last_hidden_state
         # The hidden state at BOI predicts token 0; at image token t it predicts token t+1.
         hidden = hidden[:, ids.shape[1] - 1:]
@@ -324,7 +320,7 @@ class JanusModel(UnifiedModel):
         rows = self.tokenizer([self.understanding_text(q, k) for q, k in zip(questions, per_sample)],
                               add_special_tokens=True)["input_ids"]
         ids, mask = self._left_pad(rows)
-        return dict(input_ids=ids, attention_mask=mask, position_ids=self._positions(mask),
+        return dict(input_ids=ids, attention_mask=mask, position_ids=mask_positions(mask),
                     pixel_values=self.preprocess_images(pixels))
 
     def _understanding_embeds(self, inputs: dict) -> torch.Tensor:
@@ -336,9 +332,8 @@ class JanusModel(UnifiedModel):
         features = self.module.model.aligner(vision).to(embeds.dtype)
         return embeds.masked_scatter((ids == self.image_token_id)[..., None], features)
 
-    def _lm_logits(self, inputs: dict, **kwargs) -> tuple[torch.Tensor, object]:
-        out = self.module.model(**inputs, **kwargs)
-        return self.module.lm_head(out.last_hidden_state), out.cache
+    def _lm_logits(self, inputs: dict) -> torch.Tensor:
+        return self.module.lm_head(self.module.model(**inputs).last_hidden_state)
 
     def _answer_logprobs(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
         """Next-token log-probs of an answer at `temperature`, image tokens excluded."""
@@ -394,8 +389,8 @@ class JanusModel(UnifiedModel):
         lengths = mask.sum(1).tolist()
         answers = tokens.tolist()
         ids, attention = self._left_pad([p + a[:n] for p, a, n in zip(prompts, answers, lengths)])
-        logits, _ = self._lm_logits(dict(input_ids=ids, attention_mask=attention,
-                                         position_ids=self._positions(attention),
+        logits = self._lm_logits(dict(input_ids=ids, attention_mask=attention,
+                                         position_ids=mask_positions(attention),
                                          pixel_values=self.preprocess_images(pixels)))
         # Rows end together (left padding): answer token j of row i sits at width - n_i + j and is
         # predicted one position earlier.
@@ -439,7 +434,7 @@ class JanusModel(UnifiedModel):
             is_target[i, mask.shape[1] - len(target):] = torch.tensor(target)
         shift = [mask.shape[1] - len(r) for r in rows]
         answer_at = [[p + pad for p in before] for before, pad in zip(answer_at, shift)]
-        inputs = dict(input_ids=ids, attention_mask=mask, position_ids=self._positions(mask),
+        inputs = dict(input_ids=ids, attention_mask=mask, position_ids=mask_positions(mask),
                       pixel_values=self.preprocess_images(pixels))
         return inputs, is_target, answer_at
 
@@ -454,7 +449,7 @@ class JanusModel(UnifiedModel):
     def target_logprobs(self, inputs: dict, is_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sum of log p over the tokens `is_target` marks, and their count, per row. [N], [N]"""
         ids = inputs["input_ids"]
-        logits, _ = self._lm_logits(inputs)
+        logits = self._lm_logits(inputs)
         logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         counted = is_target[:, 1:]
         return (logprobs * counted).sum(-1), counted.sum(-1)

@@ -86,6 +86,12 @@ def gather_sharded(module: torch.nn.Module) -> None:
             m.unshard()
 
 
+def mask_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Rotary positions [R,S] of a left-padded batch: each real token's index among its row's real
+    tokens (padding at 0), so a row reads the same whatever padding its batch gave it."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def prompt_visibility(mask: torch.Tensor) -> torch.Tensor:
     """visible [R,P,P] for a left-padded prompt: causal over real tokens; a padding query sees
     only itself, so no softmax row is empty (its output is never read)."""
@@ -123,7 +129,7 @@ class CachedDecoder:
         gather_sharded(lm)
         self.kv = StaticKV.allocate(lm, rows, self.capacity, embeds.device, embeds.dtype)
         self.slots = torch.arange(self.capacity, device=embeds.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = mask_positions(mask)
         hidden = llama_forward(lm, self.kv, embeds, positions, self.slots[:self.prompt], prompt_visibility(mask))
         self.first = head(hidden[:, -1])
         # A step's inputs live in these buffers, so that a captured graph reads the current ones.
@@ -147,7 +153,8 @@ class CachedDecoder:
             raise ValueError(f"CachedDecoder: room for {self.capacity - self.prompt} fed tokens, all used")
         if self.tokens_in is None:
             self.tokens_in = tokens.clone()
-        self.tokens_in.copy_(tokens)
+        else:
+            self.tokens_in.copy_(tokens)
         self.slot_in.fill_(self.prompt + self.fed)  # these tokens' keys go here; they see slots up to it
         self.fed += 1
         needed = self.prompt + self.fed
