@@ -105,3 +105,23 @@ def test_word_grounding_names_the_right_objects_and_is_learnable():
     assert (losses[-1] < 0.2 * losses[0]).all(), (losses[0], losses[-1])
     grounding.remove()
     pointer.remove()
+
+
+def test_object_code_loss_asks_colour_only_where_the_prompt_names_it():
+    from unirl.recipes.pretrain_toy import TOY_CODES, code_parts, object_code_loss
+
+    shape, color, size = code_parts()
+    right = 1 + 5  # an object code; its neighbour in colour:
+    wrong_color = 1 + int(((shape == shape[5]) & (size == size[5]) & (color != color[5])).nonzero()[0])
+    codes = torch.zeros(1, 36, dtype=torch.long)
+    codes[0, 7] = right
+    logprobs = torch.full((1, 36, TOY_CODES), -30.0)
+    logprobs[..., 0] = 0.0  # the empty code everywhere: the loss must not care
+    logprobs[0, 7, wrong_color] = 0.0  # all object mass on the right shape and size, wrong colour
+    named = object_code_loss(logprobs, codes, torch.tensor([True]))
+    unnamed = object_code_loss(logprobs, codes, torch.tensor([False]))
+    assert named > 10 and unnamed < 1e-3
+    logprobs[0, 7, right] = 0.0
+    logprobs[0, 7, wrong_color] = -30.0
+    assert object_code_loss(logprobs, codes, torch.tensor([True])) < 1e-3
+    assert object_code_loss(logprobs, torch.zeros_like(codes), torch.tensor([True])) == 0

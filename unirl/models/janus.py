@@ -265,6 +265,14 @@ class JanusModel(UnifiedModel):
         """One teacher-forced pass: log p(token_t | prompt, tokens_<t) under the guided distribution.
         `unconditional` [N] bool scores chosen rows without their prompt (CFG dropout, guidance 1);
         `context_tokens` [N,T] as in `generate_images`, one row per sample."""
+        logprobs = self.image_token_distributions(prompts_per_sample, tokens, guidance, temperature,
+                                                  unconditional, context_tokens)
+        return logprobs.gather(-1, tokens.to(self.device)[..., None]).squeeze(-1)
+
+    def image_token_distributions(self, prompts_per_sample: list[str], tokens: torch.Tensor, guidance: float = 5.0,
+                                  temperature: float = 1.0, unconditional: torch.Tensor | None = None,
+                                  context_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """As `image_token_logprobs`, but the whole distribution: [N, T, codebook] log-probs."""
         batch, steps = tokens.shape
         if len(prompts_per_sample) != batch:
             raise UnirlError(f"image_token_logprobs: {len(prompts_per_sample)} prompts for {batch} token rows")
@@ -280,8 +288,7 @@ class JanusModel(UnifiedModel):
                          use_cache=False).last_hidden_state
         # The hidden state at BOI predicts token 0; at image token t it predicts token t+1.
         hidden = hidden[:, ids.shape[1] - 1:]
-        logprobs = self._guided_logprobs(self.module.model.generation_head(hidden), batch, guidance, temperature)
-        return logprobs.gather(-1, tokens[..., None]).squeeze(-1)
+        return self._guided_logprobs(self.module.model.generation_head(hidden), batch, guidance, temperature)
 
     # ----------------------------------------------------------------- understanding
     def preprocess_images(self, images: torch.Tensor) -> torch.Tensor:
