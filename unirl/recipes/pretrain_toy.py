@@ -15,7 +15,8 @@ LM, generation head), small enough for a laptop CPU:
    prompts dropped, for classifier-free guidance) and image + questions → answers (what, how
    many, which colour, where, yes/no; every question about a scene in one conversation), on
    fresh scenes of the train split every step; `WordGrounding` teaches one head to look from
-   each shape or colour word at the objects it names.
+   each shape or colour word at the objects it names, and `object_code_loss` makes the object
+   codes drawn follow the words that name them.
 4. The default guidance, chosen on train-split prompts (see `choose_guidance`).
 5. Saved as an HF Janus folder (float16) that `load_model` reads like any Janus checkpoint.
 
