@@ -201,7 +201,8 @@ def object_code_loss(logprobs: torch.Tensor, codes: torch.Tensor, color_named: t
     given_object = logprobs[objects][:, 1:].log_softmax(-1)  # [M, codes 1..]
     code = codes[objects] - 1
     named = given_object.gather(-1, code[:, None]).squeeze(1)
-    shape, _, size = code // (len(COLORS) * SIZE_BINS), code // SIZE_BINS % len(COLORS), code % SIZE_BINS
+    shape_of, _, size_of = code_parts()  # the code layout's one definition
+    shape, size = shape_of[code], size_of[code]
     any_color = given_object.view(-1, len(SHAPES), len(COLORS), SIZE_BINS).logsumexp(2)
     unnamed = any_color[torch.arange(len(code)), shape, size]
     return -torch.where(color_named[:, None].expand_as(codes)[objects], named, unnamed).mean()
