@@ -125,3 +125,16 @@ def test_object_code_loss_asks_colour_only_where_the_prompt_names_it():
     logprobs[0, 7, wrong_color] = -30.0
     assert object_code_loss(logprobs, codes, torch.tensor([True])) < 1e-3
     assert object_code_loss(logprobs, torch.zeros_like(codes), torch.tensor([True])) == 0
+
+
+def test_presence_loss_scores_only_whether_each_cell_holds_an_object():
+    from unirl.recipes.pretrain_toy import TOY_CODES, presence_loss
+
+    codes = torch.zeros(1, 36, dtype=torch.long)
+    codes[0, 3] = 9
+    logprobs = torch.full((1, 36, TOY_CODES), -30.0)
+    logprobs[..., 0] = 0.0
+    logprobs[0, 3, 0], logprobs[0, 3, 20] = -30.0, 0.0  # an object at cell 3, though not the true code
+    assert presence_loss(logprobs, codes) < 1e-3
+    logprobs[0, 5, 0], logprobs[0, 5, 9] = -30.0, 0.0  # an object drawn where the scene has none
+    assert abs(presence_loss(logprobs, codes) - 30 / 36) < 1e-3
