@@ -15,8 +15,8 @@ LM, generation head), small enough for a laptop CPU:
    prompts dropped, for classifier-free guidance) and image + questions → answers (what, how
    many, which colour, where, yes/no; every question about a scene in one conversation), on
    fresh scenes of the train split every step; `WordGrounding` teaches one head to look from
-   each shape or colour word at the objects it names, and `object_code_loss` makes the object
-   codes drawn follow the words that name them, and `presence_loss` how many are drawn.
+   each shape or colour word at the objects it names; `object_code_loss` makes the object codes
+   drawn follow the words that name them, and `presence_loss` decides how many are drawn.
 4. The default guidance, chosen on train-split prompts (see `choose_guidance`).
 5. Saved as an HF Janus folder (float16) that `load_model` reads like any Janus checkpoint.
 
@@ -586,7 +586,7 @@ def train_lm(model: JanusModel, config: PretrainToyConfig, log: MetricsLogger, v
         kept = ~drop  # a dropped prompt names nothing
         color_named = torch.tensor([any("color" in part for part in s.spec["include"]) for s in gen_scenes])
         object_loss = object_code_loss(gen_logprobs[kept], tokens[kept], color_named[kept])
-        layout_loss = presence_loss(gen_logprobs, tokens)  # dropped prompts too: the unconditional layout
+        presence = presence_loss(gen_logprobs, tokens)  # dropped prompts too: the unconditional layout
         # Understanding: every question about a scene (and how many of its most numerous shape,
         # which a random shape rarely asks), in a random order, in one conversation:
         # the image is read once for four or five answers (measured, understanding alone, 400
@@ -612,7 +612,7 @@ def train_lm(model: JanusModel, config: PretrainToyConfig, log: MetricsLogger, v
                 aids["identity_loss"] = config.identity_weight * identity_loss
         if pointer is not None:
             aids["where_pointer_loss"] = config.where_weight * pointer.loss(inputs, conversations, answer_at)
-        loss = (gen_loss + config.object_code_weight * object_loss + config.presence_weight * layout_loss
+        loss = (gen_loss + config.object_code_weight * object_loss + config.presence_weight * presence
                 + und_loss + sum(aids.values()))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -620,7 +620,7 @@ def train_lm(model: JanusModel, config: PretrainToyConfig, log: MetricsLogger, v
         optimizer.step()
         if step % 20 == 0 or step == config.lm_steps - 1:
             log.log(step, {"stage": "lm", "loss": loss.item(), "gen_loss": gen_loss.item(),
-                           "object_code_loss": object_loss.item(), "presence_loss": layout_loss.item(),
+                           "object_code_loss": object_loss.item(), "presence_loss": presence.item(),
                            "und_loss": und_loss.item(), "seconds": round(time.time() - start, 1),
                            **{name: value.item() for name, value in aids.items()}})
             bar.set_postfix(gen=f"{gen_loss.item():.3f}", und=f"{und_loss.item():.3f}")
