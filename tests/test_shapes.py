@@ -61,6 +61,16 @@ def test_splits_disjoint_and_cover_every_tag():
     assert split_specs("heldout") == heldout  # deterministic
 
 
+def test_heldout_prompts_use_only_words_seen_in_training():
+    train, heldout = split_specs("train"), split_specs("heldout")
+
+    def words(specs, tag=None):
+        return {w for s in specs if tag in (None, s["tag"]) for w in s["prompt"].split()}
+    assert words(heldout) <= words(train)
+    # Held-out counting pairs a known number with a known plural: composition, not a new word.
+    assert words(heldout, "counting") <= words(train, "counting")
+
+
 def test_questions_answer_from_the_scene():
     rng = np.random.default_rng(0)
     for scene in sample_scenes(split_specs("train"), 100, seed=1):

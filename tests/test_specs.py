@@ -56,6 +56,12 @@ def test_draw_tag_balanced_evens_out_an_unbalanced_suite():
     rare = sum(s["tag"] == "rare" for s in drawn) / len(drawn)
     assert 0.45 < rare < 0.55  # drawn by spec it would be 0.05
     assert {s["prompt"] for s in drawn if s["tag"] == "rare"} == {f"r{i}" for i in range(5)}
+    # Weighted by tag: "rare" three times as often as "common", whatever the tags' sizes.
+    weighted = draw_tag_balanced(specs, 2000, np.random.default_rng(0), tag_weights={"rare": 3})
+    assert 0.70 < sum(s["tag"] == "rare" for s in weighted) / len(weighted) < 0.80
+    assert {s["tag"] for s in draw_tag_balanced(specs, 50, np.random.default_rng(0), {"common": 0})} == {"rare"}
+    with pytest.raises(ValueError, match="tag_weights"):
+        draw_tag_balanced(specs, 5, np.random.default_rng(0), tag_weights={"rare": -1})
 
 
 def test_distinct_tag_balanced_takes_one_of_each_tag_before_repeating_and_never_a_spec_twice():

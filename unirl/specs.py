@@ -103,14 +103,21 @@ def specs_sha256(specs: list[Spec]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def draw_tag_balanced(specs: list[Spec], n: int, rng: np.random.Generator) -> list[Spec]:
-    """n specs, each from a tag drawn uniformly, then uniformly within the tag. GenEval's overall
-    is a mean over tags and suites are rarely balanced (shapes:train is 94% color_attr), so
-    drawing by spec would train and choose settings on one tag."""
+def draw_tag_balanced(specs: list[Spec], n: int, rng: np.random.Generator,
+                      tag_weights: dict[str, float] | None = None) -> list[Spec]:
+    """n specs, each from a tag drawn uniformly (or in proportion to `tag_weights`, 1 for a tag
+    not named), then uniformly within the tag. GenEval's overall is a mean over tags and suites
+    are rarely balanced (shapes:train is 94% color_attr), so drawing by spec would train and
+    choose settings on one tag."""
     groups = by_tag(specs)
+    if tag_weights:
+        weights = np.array([float(tag_weights.get(str(g[0].get("tag", "")), 1.0)) for g in groups])
+        if (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"tag_weights: expected weights >= 0 and not all 0, got {tag_weights}")
+        probabilities = weights / weights.sum()
     drawn = []
     for _ in range(n):
-        group = groups[rng.integers(len(groups))]
+        group = groups[rng.choice(len(groups), p=probabilities) if tag_weights else rng.integers(len(groups))]
         drawn.append(group[rng.integers(len(group))])
     return drawn
 

@@ -234,22 +234,33 @@ HELDOUT_PER_TAG = {"single_object": 2, "two_object": 6, "counting": 6, "colors":
 
 def split_specs(split: str, seed: int = 0) -> list[Spec]:
     """Disjoint train / held-out suites: per tag a fixed random subset is held out (no prompt
-    text is in both); held-out is small enough to evaluate in seconds."""
+    text is in both; every word of a held-out prompt is in a train prompt, and of a held-out
+    counting prompt in a train counting prompt); held-out is small enough to evaluate in seconds."""
     if split not in ("train", "heldout"):
         raise ValueError(f"split: expected 'train' or 'heldout', got {split!r}")
     rng = np.random.default_rng(seed)
     chosen = []
     for tag in TAGS:
         specs = [s for s in all_specs() if s["tag"] == tag]
-        held = set(rng.choice(len(specs), size=HELDOUT_PER_TAG[tag], replace=False).tolist())
+        if tag == "counting":  # specs run shape by shape, numbers 2, 3, 4 within each
+            # One number for each held-out shape, each number as often: every shape and number
+            # word stays in train counting prompts, so held-out counting asks for new pairings
+            # of known words (a random draw held out all three "hearts" prompts).
+            shapes = rng.choice(len(SHAPES), size=HELDOUT_PER_TAG[tag], replace=False)
+            numbers = rng.permutation(np.resize(np.arange(3), len(shapes)))
+            held = set((3 * shapes + numbers).tolist())
+        else:
+            held = set(rng.choice(len(specs), size=HELDOUT_PER_TAG[tag], replace=False).tolist())
         chosen += [s for i, s in enumerate(specs) if (i in held) == (split == "heldout")]
     return chosen
 
 
-def sample_scenes(specs: list[Spec], n: int, seed: int, size: int = IMAGE_SIZE) -> list[Scene]:
-    """n scenes, each for a spec drawn uniformly over tags, then uniformly within the tag."""
+def sample_scenes(specs: list[Spec], n: int, seed: int, size: int = IMAGE_SIZE,
+                  tag_weights: dict[str, float] | None = None) -> list[Scene]:
+    """n scenes, each for a spec drawn uniformly over tags (or by `tag_weights`), then uniformly
+    within the tag."""
     rng = np.random.default_rng(seed)
-    return [scene_for_spec(spec, rng, size) for spec in draw_tag_balanced(specs, n, rng)]
+    return [scene_for_spec(spec, rng, size) for spec in draw_tag_balanced(specs, n, rng, tag_weights)]
 
 
 # ----------------------------------------------------------------------------- questions

@@ -29,7 +29,7 @@ import json
 import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,7 @@ from modalities.image.shapes import (
     IMAGE_SIZE,
     RADIUS,
     SHAPES,
+    TAGS,
     Scene,
     SceneObject,
     all_specs,
@@ -90,6 +91,8 @@ class PretrainToyConfig:
     2,400 took 46 min but left understanding at 0.87 ("where" 0.55; the tenth 0.93, "where" 1.00);
     the twelfth's 3,000: 44.8 min on a faster hour of the same CPU, understanding 0.90."""
     gen_batch: int = 24
+    gen_tag_weights: dict[str, float] = field(default_factory=lambda: {"counting": 1.0})
+    """How often each tag's prompts are drawn for generation, relative to the others (1 if not named)."""
     und_batch: int = 16
     """Scenes per step for understanding, each a conversation of all its questions."""
     lm_lr: float = 1e-3
@@ -262,7 +265,18 @@ def random_tables(n: int, rng: np.random.Generator, one_color: str | None = None
     return scenes
 
 
-def train_vq(model: JanusModel, config: PretrainToyConfig, log: MetricsLogger) -> None:
+def init_vq(model: JanusModel) -> FactoredCodebook:
+    """The VQ-VAE's random start and its training codebook, drawn from torch's global generator.
+    Called before the stages split into threads: drawn inside the VQ thread, these interleaved
+    with the other thread's draws and the VQ-VAE differed between identical runs."""
+    for module in model.module.model.vqmodel.modules():
+        # PyTorch's fan-in init: transformers' N(0, 0.02) starves these deep convs.
+        if isinstance(module, torch.nn.Conv2d):
+            module.reset_parameters()
+    return FactoredCodebook(model.module.model.vqmodel.quantize.embedding.weight.shape[1])
+
+
+def train_vq(model: JanusModel, codebook: FactoredCodebook, config: PretrainToyConfig, log: MetricsLogger) -> None:
     """The VQ-VAE with codes assigned, not discovered: the renderer knows what each 16-px cell
     holds, so the encoder learns to pick that cell's code (cross-entropy on code similarity) and
     the decoder learns to draw from the true codes.
@@ -273,10 +287,6 @@ def train_vq(model: JanusModel, config: PretrainToyConfig, log: MetricsLogger) -
     sharply within 500 steps. So the first `vq_one_color_steps` use red objects only, then all
     colours, with codes factored into shape, colour and size parts so the shapes carry over."""
     vq = model.module.model.vqmodel
-    for module in vq.modules():  # PyTorch's fan-in init: transformers' N(0, 0.02) starves these deep convs
-        if isinstance(module, torch.nn.Conv2d):
-            module.reset_parameters()
-    codebook = FactoredCodebook(vq.quantize.embedding.weight.shape[1])
     params = [p for name, p in vq.named_parameters() if not name.startswith("quantize.")]
     optimizer = torch.optim.AdamW([*params, *codebook.parameters()], lr=config.vq_lr, weight_decay=0.0)
     rng = np.random.default_rng(config.seed)
@@ -577,7 +587,8 @@ def train_lm(model: JanusModel, config: PretrainToyConfig, log: MetricsLogger, v
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, config.lm_steps, config.lm_lr, config.warmup)
         # Generation: prompt → image tokens, some prompts dropped for classifier-free guidance.
-        gen_scenes = sample_scenes(specs, config.gen_batch, seed=int(rng.integers(2**31)))
+        gen_scenes = sample_scenes(specs, config.gen_batch, seed=int(rng.integers(2**31)),
+                                   tag_weights=config.gen_tag_weights)
         tokens = cell_codes(gen_scenes)  # the assigned codes: exact targets, no encoder pass
         drop = torch.from_numpy(rng.random(config.gen_batch) < config.cfg_drop)
         gen_logprobs = model.image_token_distributions([s.spec["prompt"] for s in gen_scenes], tokens,
@@ -664,6 +675,8 @@ def pretrain_toy(out: str | Path, config: PretrainToyConfig | None = None, overw
     config = config or PretrainToyConfig()
     if config.save_dtype not in ("float32", "float16", "bfloat16"):
         raise UnirlError(f"save_dtype: expected float32, float16 or bfloat16, got {config.save_dtype!r}")
+    if unknown := set(config.gen_tag_weights) - set(TAGS):
+        raise UnirlError(f"gen_tag_weights: expected tags among {', '.join(TAGS)}, got {', '.join(sorted(unknown))}")
     torch.manual_seed(config.seed)
     # The VQ-VAE and the LM do not depend on each other (the LM learns the codes assigned to the
     # cells, not the encoder's output), so given two cores they train side by side, one each.
@@ -674,9 +687,10 @@ def pretrain_toy(out: str | Path, config: PretrainToyConfig | None = None, overw
         log = MetricsLogger(tmp, tensorboard=False)
         start = time.time()
         model = build_toy(config)
+        codebook = init_vq(model)
         with ThreadPoolExecutor(max_workers=1) as pool:
-            vq = pool.submit(timed, train_vq, model, config, log, threads=1) if side_by_side else None
-            seconds = {"vq": None if vq else timed(train_vq, model, config, log),
+            vq = pool.submit(timed, train_vq, model, codebook, config, log, threads=1) if side_by_side else None
+            seconds = {"vq": None if vq else timed(train_vq, model, codebook, config, log),
                        "vision": timed(train_vision, model, config, log),
                        "lm": timed(train_lm, model, config, log, vq)}
             if vq is not None:
