@@ -242,15 +242,16 @@ def split_specs(split: str, seed: int = 0) -> list[Spec]:
     chosen = []
     for tag in TAGS:
         specs = [s for s in all_specs() if s["tag"] == tag]
+        held = set(rng.choice(len(specs), size=HELDOUT_PER_TAG[tag], replace=False).tolist())
         if tag == "counting":  # specs run shape by shape, numbers 2, 3, 4 within each
             # One number for each held-out shape, each number as often: every shape and number
             # word stays in train counting prompts, so held-out counting asks for new pairings
-            # of known words (a random draw held out all three "hearts" prompts).
-            shapes = rng.choice(len(SHAPES), size=HELDOUT_PER_TAG[tag], replace=False)
-            numbers = rng.permutation(np.resize(np.arange(3), len(shapes)))
+            # of known words (the draw above held out all three "hearts" prompts). Drawn apart,
+            # so the later tags' held-out prompts stay those models were trained without.
+            pairs = np.random.default_rng([seed, 1])
+            shapes = pairs.choice(len(SHAPES), size=HELDOUT_PER_TAG[tag], replace=False)
+            numbers = pairs.permutation(np.resize(np.arange(3), len(shapes)))
             held = set((3 * shapes + numbers).tolist())
-        else:
-            held = set(rng.choice(len(specs), size=HELDOUT_PER_TAG[tag], replace=False).tolist())
         chosen += [s for i, s in enumerate(specs) if (i in held) == (split == "heldout")]
     return chosen
 
