@@ -111,7 +111,7 @@ def test_questions_sharing_images_read_each_image_once_and_agree():
     q_yes, q_no = toy.yes_no(images[owner], questions)
     assert len(set(owner.tolist())) == 5 and len(questions) > 5
     assert torch.allclose(p_yes, q_yes, atol=1e-4) and torch.allclose(p_no, q_no, atol=1e-4)
-    assert (q_yes - q_no).abs().max() > 0.5  # the comparison is not between near-zeros
+    assert (q_yes - q_no).abs().max() > 0.3  # the comparison is not between near-zeros
 
 
 def test_decode_step_ignores_the_unused_cache_slots_a_graph_reads(tiny_janus):
