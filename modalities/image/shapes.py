@@ -247,7 +247,7 @@ def split_specs(split: str, seed: int = 0) -> list[Spec]:
             # One number for each held-out shape, each number as often: every shape and number
             # word stays in train counting prompts, so held-out counting asks for new pairings
             # of known words (the draw above held out all three "hearts" prompts). Drawn apart,
-            # so the later tags' held-out prompts stay those models were trained without.
+            # so the other tags keep the held-out prompts that earlier toys were trained without.
             pairs = np.random.default_rng([seed, 1])
             shapes = pairs.choice(len(SHAPES), size=HELDOUT_PER_TAG[tag], replace=False)
             numbers = pairs.permutation(np.resize(np.arange(3), len(shapes)))
