@@ -14,13 +14,15 @@ LM, generation head), small enough for a laptop CPU:
 3. The LM (and aligner; the vision tower frozen), jointly: prompt → image tokens (with 10% of
    prompts dropped, for classifier-free guidance) and image + questions → answers (what, how
    many, which colour, where, yes/no; every question about a scene in one conversation), on
-   fresh scenes of the train split every step; `WordGrounding` teaches one head to look from
+   fresh scenes of the train split every step (counting prompts twice as often for
+   generation: `gen_tag_weights`); `WordGrounding` teaches one head to look from
    each shape or colour word at the objects it names; `object_code_loss` makes the object codes
    drawn follow the words that name them, and `presence_loss` decides how many are drawn.
 4. The default guidance, chosen on train-split prompts (see `choose_guidance`).
 5. Saved as an HF Janus folder (float16) that `load_model` reads like any Janus checkpoint.
 
-Every batch is drawn from a seeded generator, so the same config gives the same model.
+Every batch and random start is drawn from a seeded generator (the VQ-VAE's before the stages
+split into threads), so the same config gives the same model.
 """
 
 from __future__ import annotations
