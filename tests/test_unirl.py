@@ -96,6 +96,16 @@ def test_self_judges_batched(tiny_janus):
     judge = WeightedSum({"self_vqa": (SelfVQAReward(tiny_janus), 2.0), "self_qa": (SelfQAReward(tiny_janus), 1.0)})
     total, combined = judge(images, SPECS)
     assert torch.allclose(total, 2 * vqa + qa, atol=1e-5) and set(combined["per_judge"]) == {"self_vqa", "self_qa"}
+    # Counting prompts judged by self-VQA alone (weight 3); colour prompts keep the global weights.
+    by_tag = WeightedSum({"self_vqa": (SelfVQAReward(tiny_janus), 2.0), "self_qa": (SelfQAReward(tiny_janus), 1.0)},
+                         tag_weights={"counting": {"self_vqa": 3.0}})
+    total, routed = by_tag(images, SPECS)
+    assert total[0].item() == pytest.approx(2 * vqa[0].item() + qa[0].item(), abs=1e-5)
+    assert total[1].item() == pytest.approx(3 * vqa[1].item(), abs=1e-5)
+    assert routed["per_judge"]["self_qa"][1].isnan() and routed["self_qa"]["answer"][1] is None
+    assert routed["self_qa"]["answer"][0] == qa_info["answer"][0]
+    with pytest.raises(ValueError, match="geneval"):
+        WeightedSum({"self_qa": (SelfQAReward(tiny_janus), 1.0)}, tag_weights={"colors": {"geneval": 1.0}})
 
 
 def write_prompts(tmp_path):
@@ -194,6 +204,23 @@ def test_evaluator_as_reward_and_self_qa_are_logged(tmp_path):
     assert {"rewards/geneval/mean", "rewards/self_qa/mean", "rewards/self_vqa/mean"} <= set(row)
     sample = json.loads((run / "samples" / "step-1" / "samples.jsonl").read_text().splitlines()[0])
     assert set(sample["rewards"]) == {"self_vqa", "self_qa", "geneval"} and "answer" in sample["self_qa"]
+
+
+def test_per_tag_judges_and_prompt_weights(tmp_path):
+    # Colour prompts only (weight 0 for counting), and those judged by self-QA alone: self-VQA never runs.
+    config = tiny_config(tmp_path, "janus-tiny", max_steps=2, sample_every=1, beta=0.0, reward_self_vqa=0.0,
+                         reward_tag_weights={"colors": {"self_qa": 1.0}}, prompt_tag_weights={"counting": 0.0})
+    run = tmp_path / "run"
+    prepare_run_dir(run, config, resume=False)
+    train(config, run)
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "rewards/self_qa/mean" in row and "rewards/self_vqa/mean" not in row
+    samples = [json.loads(line) for line in (run / "samples" / "step-2" / "samples.jsonl").read_text().splitlines()]
+    assert {s["prompt"] for s in samples if "tracked" not in s} == {"a photo of a red circle"}
+    with pytest.raises(Exception, match="reward_tag_weights: tags countin"):
+        train(tiny_config(tmp_path, "janus-tiny", reward_tag_weights={"countin": {"self_qa": 1.0}}), tmp_path / "r2")
+    with pytest.raises(Exception, match="reward_tag_weights.colors: expected judges"):
+        train(tiny_config(tmp_path, "janus-tiny", reward_tag_weights={"colors": {"vqa": 1.0}}), tmp_path / "r3")
 
 
 def test_lora_merge_for_saving_and_disabled_reference(tmp_path):

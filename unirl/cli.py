@@ -96,6 +96,21 @@ def cmd_eval_understanding(args: argparse.Namespace) -> None:
         print(json.dumps({k: summary[k] for k in ("accuracy", "per_type", "recipe")}))
 
 
+def cmd_eval_judges(args: argparse.Namespace) -> None:
+    from evaluators.judge_agreement import run_judge_agreement
+    from unirl.models import load_model
+
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    summary = run_judge_agreement(model, args.prompts, args.out, per_tag=args.per_tag, samples=args.samples,
+                                  guidance=args.guidance, seed=args.seed, detector=args.detector,
+                                  overwrite=args.overwrite)
+    print("tag            images  right  " + "  ".join(f"AUC {name}" for name in summary["recipe"]["judges"]))
+    for tag, row in summary["per_tag"].items():
+        aucs = "  ".join("     -     " if row[f"auc/{n}"] is None else f"{row[f'auc/{n}']:11.2f}"
+                         for n in summary["recipe"]["judges"])
+        print(f"{tag:14s} {row['images']:6d} {row['correct_fraction']:6.2f}  {aucs}")
+
+
 def cmd_eval_jigsaw(args: argparse.Namespace) -> None:
     import json
 
@@ -203,6 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--puzzles", type=int, default=100)
     add_benchmark_options(e)
     e.set_defaults(func=cmd_eval_jigsaw)
+    e = evals.add_parser("judges", help="each self-judge's agreement (AUC per tag) with GenEval's exact judge")
+    e.add_argument("--model", required=True)
+    e.add_argument("--prompts", default="shapes:train", help="a suite (shapes:train) or a metadata jsonl")
+    e.add_argument("--detector", default="shapes")
+    e.add_argument("--per-tag", type=int, default=16, help="prompts drawn per tag")
+    e.add_argument("--samples", type=int, default=4, help="images per prompt")
+    e.add_argument("--guidance", type=float, default=None, help=GUIDANCE_HELP)
+    add_benchmark_options(e)
+    e.set_defaults(func=cmd_eval_judges)
     e = evals.add_parser("summary", help="GenEval's summary numbers for a results.jsonl")
     e.add_argument("results")
     e.add_argument("--json", action="store_true")

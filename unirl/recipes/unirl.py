@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +50,18 @@ class Config(GRPOConfig):
     prompts_per_step: int = 4
     balance_tags: bool = True
     """Draw each prompt's tag uniformly, then a prompt of that tag; False: uniformly over prompts."""
+    prompt_tag_weights: dict[str, float] = field(default_factory=dict)
+    """With balance_tags, draw tags in proportion to these weights (1 for a tag not named)."""
     guidance: float | None = None
     """Classifier-free guidance of rollouts and of the log-probs trained on; None: the model's default."""
     reward_self_vqa: float = 1.0
     reward_self_qa: float = 0.0
     reward_geneval: float = 0.0
     """Weights of the judges. The default rewards only with the model's own understanding."""
+    reward_tag_weights: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Judge weights for one tag's prompts, replacing the reward_* weights there (a judge not
+    named weighs 0): {"counting": {"self_vqa": 1.0}}. A judge can be trusted on some tags and
+    misrank others; `unirl eval judges` measures each judge's AUC per tag on training prompts."""
     self_vqa_mode: str = "margin"
     """margin: mean of p_yes − p_no over the spec's questions; verdict: mean of (p_yes > p_no)."""
     self_qa_thing: str = "object"
@@ -76,11 +82,18 @@ class Config(GRPOConfig):
 
 def build_judge(config: Config, model: UnifiedModel) -> WeightedSum:
     judges: dict[str, tuple[Any, float]] = {}
-    if config.reward_self_vqa:
+    weights = {"self_vqa": config.reward_self_vqa, "self_qa": config.reward_self_qa, "geneval": config.reward_geneval}
+    for tag, tag_weights in config.reward_tag_weights.items():
+        if unknown := set(tag_weights) - set(weights):
+            raise UnirlError(f"config: reward_tag_weights.{tag}: expected judges among {', '.join(weights)}, "
+                             f"got {', '.join(sorted(unknown))}")
+    used = {name for name, w in weights.items() if w} | {
+        name for tag_weights in config.reward_tag_weights.values() for name, w in tag_weights.items() if w}
+    if "self_vqa" in used:
         judges["self_vqa"] = (SelfVQAReward(model, mode=config.self_vqa_mode), config.reward_self_vqa)
-    if config.reward_self_qa:
+    if "self_qa" in used:
         judges["self_qa"] = (SelfQAReward(model, thing=config.self_qa_thing), config.reward_self_qa)
-    if config.reward_geneval:
+    if "geneval" in used:
         from evaluators.geneval.detectors import load_detector
         from evaluators.geneval.reward import GenEvalReward
 
@@ -89,7 +102,7 @@ def build_judge(config: Config, model: UnifiedModel) -> WeightedSum:
         judges["geneval"] = (judge, config.reward_geneval)
     if not judges:
         raise UnirlError("config: every reward_* weight is 0; give at least one judge a weight")
-    return WeightedSum(judges)
+    return WeightedSum(judges, config.reward_tag_weights)
 
 
 def draw_prompts(specs: list[Spec], config: Config, step: int) -> list[Spec]:
@@ -100,7 +113,7 @@ def draw_prompts(specs: list[Spec], config: Config, step: int) -> list[Spec]:
     n = config.prompts_per_step
     if not config.balance_tags:
         return [specs[i] for i in rng.choice(len(specs), size=n, replace=len(specs) < n)]
-    return draw_tag_balanced(specs, n, rng)
+    return draw_tag_balanced(specs, n, rng, tag_weights=config.prompt_tag_weights or None)
 
 
 def understanding_targets(specs: list[Spec], accepted: torch.Tensor, thing: str
@@ -192,6 +205,11 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
     suite = load_suite(config.prompts)
     if not suite.specs:
         raise UnirlError(f"prompts {config.prompts}: no prompts")
+    tags = {str(s.get("tag", "")) for s in suite.specs}
+    for field_name in ("reward_tag_weights", "prompt_tag_weights"):
+        if unknown := set(getattr(config, field_name)) - tags:
+            raise UnirlError(f"config: {field_name}: tags {', '.join(sorted(unknown))} are not in prompts "
+                             f"{config.prompts} (its tags: {', '.join(sorted(tags))})")
     model, params, score_reference = build_policy(config, resume_from, processes, reference=config.beta > 0)
     guidance = model.default_guidance if config.guidance is None else config.guidance
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -261,8 +279,10 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
             "time/rollout": t1 - t0, "time/judge": t2 - t1, "time/learn": t3 - t2,
         }
         for name, values in per_judge.items():
-            metrics[f"rewards/{name}/mean"] = values.mean().item()
-            metrics[f"rewards/{name}/std"] = values.std(unbiased=False).item()
+            judged = values[~values.isnan()]  # a judge weighted 0 for a tag skips its images
+            if len(judged):
+                metrics[f"rewards/{name}/mean"] = judged.mean().item()
+                metrics[f"rewards/{name}/std"] = judged.std(unbiased=False).item()
         metrics = rounded(metrics)
         bar.set_postfix(reward=f"{metrics['reward']:.3f}")
         if main and ((step + 1) % config.log_every == 0 or step == config.max_steps - 1):

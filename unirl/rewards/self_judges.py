@@ -84,22 +84,45 @@ class SelfQAReward:
                                            "answer": answers}
 
 
-class WeightedSum:
-    """Judges combined by weight: reward = Σ w_k · judge_k(images, specs); info keeps each
-    judge's rewards under its name, so every judge's mean and std can be logged."""
+def spread(items: list[Any], positions: list[int], n: int) -> list[Any]:
+    """Per-image details of the judged subset, put back at their images' positions (None elsewhere)."""
+    full: list[Any] = [None] * n
+    for position, item in zip(positions, items):
+        full[position] = item
+    return full
 
-    def __init__(self, judges: dict[str, tuple[Any, float]]):
+
+class WeightedSum:
+    """Judges combined by weight: reward = Σ w_k · judge_k(images, specs). `tag_weights` gives a
+    tag its own weights ({"counting": {"self_vqa": 1.0}}: for counting prompts self-VQA alone; a
+    judge not named there weighs 0), for tags where one judge is trusted and another is not. A
+    judge runs only on the images it weighs. info keeps each judge's rewards under its name (NaN
+    for images it did not judge), so every judge's mean and std can be logged."""
+
+    def __init__(self, judges: dict[str, tuple[Any, float]], tag_weights: dict[str, dict[str, float]] | None = None):
         if not judges:
             raise ValueError("WeightedSum: expected at least one judge")
-        self.judges = judges
+        for tag, weights in (tag_weights or {}).items():
+            if unknown := set(weights) - set(judges):
+                raise ValueError(f"tag_weights[{tag!r}]: judges {sorted(unknown)} are not among {sorted(judges)}")
+        self.judges, self.tag_weights = judges, tag_weights or {}
         self.__name__ = "+".join(judges)
+
+    def weight(self, name: str, spec: Spec) -> float:
+        tag = spec.get("tag")
+        return self.tag_weights[tag].get(name, 0.0) if tag in self.tag_weights else self.judges[name][1]
 
     def __call__(self, images: torch.Tensor, specs: list[Spec]) -> tuple[torch.Tensor, dict[str, Any]]:
         total = torch.zeros(len(specs), device=images.device)
         info: dict[str, Any] = {"per_judge": {}}
-        for name, (judge, weight) in self.judges.items():
-            rewards, details = judge(images, specs)
-            total = total + weight * rewards.to(total.device).float()
-            info["per_judge"][name] = rewards.float().cpu()
-            info[name] = details
+        for name, (judge, _) in self.judges.items():
+            weights = torch.tensor([self.weight(name, s) for s in specs], device=images.device)
+            judged = weights.nonzero().squeeze(1)
+            values = torch.full((len(specs),), float("nan"))
+            if len(judged):
+                rewards, details = judge(images[judged], [specs[i] for i in judged.tolist()])
+                values[judged.cpu()] = rewards.float().cpu()
+                info[name] = {key: spread(items, judged.tolist(), len(specs)) for key, items in details.items()}
+                total[judged] += weights[judged] * rewards.to(total.device).float()
+            info["per_judge"][name] = values
         return total, info
