@@ -215,6 +215,7 @@ def test_per_tag_judges_and_prompt_weights(tmp_path):
     train(config, run)
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert "rewards/self_qa/mean" in row and "rewards/self_vqa/mean" not in row
+    assert row["rewards/tag/colors"] == row["reward"] and "rewards/tag/counting" not in row
     samples = [json.loads(line) for line in (run / "samples" / "step-2" / "samples.jsonl").read_text().splitlines()]
     assert {s["prompt"] for s in samples if "tracked" not in s} == {"a photo of a red circle"}
     with pytest.raises(Exception, match="reward_tag_weights: tags countin"):

@@ -230,7 +230,8 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
                    disable=not main)
     for step in bar:
         t0 = time.time()
-        specs = processes.shard(draw_prompts(suite.specs, config, step), "prompts_per_step")
+        step_specs = draw_prompts(suite.specs, config, step)
+        specs = processes.shard(step_specs, "prompts_per_step")
         per_image = [s for s in specs for _ in range(config.group_size)]
         # 1. Rollout: G images per prompt, with the log-probs they were drawn with.
         with autocast(config, model):
@@ -278,6 +279,10 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
             "images_per_second": len(all_rewards) / max(t3 - t0, 1e-9),
             "time/rollout": t1 - t0, "time/judge": t2 - t1, "time/learn": t3 - t2,
         }
+        image_tags = [str(s.get("tag", "")) for s in step_specs for _ in range(config.group_size)]
+        for tag in sorted(set(image_tags)):  # which tags the policy is learning (rank order = gather order)
+            of_tag = torch.tensor([t == tag for t in image_tags], device=all_rewards.device)
+            metrics[f"rewards/tag/{tag}"] = all_rewards[of_tag].mean().item()
         for name, values in per_judge.items():
             judged = values[~values.isnan()]  # a judge weighted 0 for a tag skips its images
             if len(judged):
