@@ -12,7 +12,7 @@ from unirl.models import load_model
 from unirl.recipes import get_recipe
 from unirl.recipes.unirl import Config, distinct_fraction, train
 from unirl.rewards.self_judges import SelfQAReward, SelfVQAReward, WeightedSum
-from unirl.specs import open_question
+from unirl.specs import normalize_answer, open_questions
 
 
 def test_group_advantages_by_hand():
@@ -77,8 +77,11 @@ SPECS = [
 
 
 def test_open_question_per_tag():
-    assert open_question(SPECS[0], "shape") == ("What color is the circle?", "red")
-    assert open_question(SPECS[1]) == ("How many stars are there?", "two")
+    assert open_questions(SPECS[0], "shape") == [("What color is the circle?", "red")]
+    assert open_questions(SPECS[1]) == [("How many stars are there?", "two")]
+    both = {"tag": "color_attr", "include": [{"class": "circle", "count": 1, "color": "red"},
+                                             {"class": "star", "count": 1, "color": "blue"}]}
+    assert open_questions(both) == [("What color is the circle?", "red"), ("What color is the star?", "blue")]
 
 
 def test_self_judges_batched(tiny_janus):
@@ -91,8 +94,10 @@ def test_self_judges_batched(tiny_janus):
     verdict, _ = SelfVQAReward(tiny_janus, mode="verdict")(images, SPECS)
     assert set(verdict.tolist()) <= {0.0, 0.5, 1.0}
     qa, qa_info = SelfQAReward(tiny_janus)(images, SPECS)
-    assert qa_info["question"] == ["What color is the circle?", "How many stars are there?"]
-    assert set(qa.tolist()) <= {0.0, 1.0}
+    assert [[q["question"] for q in qs] for qs in qa_info["questions"]] == [["What color is the circle?"],
+                                                                          ["How many stars are there?"]]
+    for i, (item,) in enumerate(qa_info["questions"]):  # one question each: 0/1 by normalised match
+        assert qa[i].item() == float(normalize_answer(item["answer"]) == normalize_answer(item["expected"]))
     judge = WeightedSum({"self_vqa": (SelfVQAReward(tiny_janus), 2.0), "self_qa": (SelfQAReward(tiny_janus), 1.0)})
     total, combined = judge(images, SPECS)
     assert torch.allclose(total, 2 * vqa + qa, atol=1e-5) and set(combined["per_judge"]) == {"self_vqa", "self_qa"}
@@ -102,8 +107,8 @@ def test_self_judges_batched(tiny_janus):
     total, routed = by_tag(images, SPECS)
     assert total[0].item() == pytest.approx(2 * vqa[0].item() + qa[0].item(), abs=1e-5)
     assert total[1].item() == pytest.approx(3 * vqa[1].item(), abs=1e-5)
-    assert routed["per_judge"]["self_qa"][1].isnan() and routed["self_qa"]["answer"][1] is None
-    assert routed["self_qa"]["answer"][0] == qa_info["answer"][0]
+    assert routed["per_judge"]["self_qa"][1].isnan() and routed["self_qa"]["questions"][1] is None
+    assert routed["self_qa"]["questions"][0] == qa_info["questions"][0]
     with pytest.raises(ValueError, match="geneval"):
         WeightedSum({"self_qa": (SelfQAReward(tiny_janus), 1.0)}, tag_weights={"colors": {"geneval": 1.0}})
 
@@ -203,7 +208,7 @@ def test_evaluator_as_reward_and_self_qa_are_logged(tmp_path):
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"rewards/geneval/mean", "rewards/self_qa/mean", "rewards/self_vqa/mean"} <= set(row)
     sample = json.loads((run / "samples" / "step-1" / "samples.jsonl").read_text().splitlines()[0])
-    assert set(sample["rewards"]) == {"self_vqa", "self_qa", "geneval"} and "answer" in sample["self_qa"]
+    assert set(sample["rewards"]) == {"self_vqa", "self_qa", "geneval"} and "answer" in sample["self_qa"][0]
 
 
 def test_per_tag_judges_and_prompt_weights(tmp_path):

@@ -226,25 +226,26 @@ def yes_no_questions(spec: Spec) -> list[str]:
     return questions
 
 
-def open_question(spec: Spec, thing: str = "object") -> tuple[str, str] | None:
-    """UniRL's self-QA: one open question per tag and the answer the spec implies: the main
-    object ("What object is this?"; the shapes world says "shape"), how many, which colour,
-    which position. None when a tag has no such question."""
+def open_questions(spec: Spec, thing: str = "object") -> list[tuple[str, str]]:
+    """UniRL's self-QA: open questions for a tag and the answers the spec implies: the main
+    object ("What object is this?"; the shapes world says "shape"), how many, which colour (for
+    colour attribution, of every object: one right colour alone does not bind both), which
+    position. Empty when a tag has no such question."""
     include = spec.get("include", [])
     if not include:
-        return None
+        return []
     first, tag = include[0], spec.get("tag")
     if tag == "single_object":
-        return f"What {thing} is this?", first["class"]
+        return [(f"What {thing} is this?", first["class"])]
     if tag in ("counting", "two_object"):
-        return how_many_question(first["class"]), NUMBER_WORDS[first["count"]]
-    if tag in ("colors", "color_attr") and "color" in first:
-        return f"What color is the {first['class']}?", first["color"]
+        return [(how_many_question(first["class"]), NUMBER_WORDS[first["count"]])]
+    if tag in ("colors", "color_attr"):
+        return [(f"What color is the {c['class']}?", c["color"]) for c in include if "color" in c]
     if tag == "position":
         clause = next(c for c in include if "position" in c)
         relation, target = clause["position"]
-        return f"Where is the {clause['class']} relative to the {include[target]['class']}?", relation
-    return None
+        return [(f"Where is the {clause['class']} relative to the {include[target]['class']}?", relation)]
+    return []
 
 
 def normalize_answer(text: str) -> str:

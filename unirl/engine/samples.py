@@ -27,11 +27,9 @@ def sample_rows(names: list[str], specs: list[Spec], rewards: torch.Tensor, info
         row = {"image": name, "prompt": spec["prompt"], "reward": round(float(rewards[i]), 4),
                # a judge weighted 0 for this image's tag did not judge it (NaN)
                "rewards": {k: round(float(v[i]), 4) for k, v in info["per_judge"].items() if not v[i].isnan()}}
-        if "self_vqa" in info and info["self_vqa"]["questions"][i] is not None:
-            row["self_vqa"] = info["self_vqa"]["questions"][i]
-        if "self_qa" in info and info["self_qa"]["question"][i] is not None:
-            qa = info["self_qa"]
-            row["self_qa"] = {"question": qa["question"][i], "answer": qa["answer"][i]}
+        for judge in ("self_vqa", "self_qa"):  # per image: its questions and the model's answers
+            if judge in info and info[judge]["questions"][i] is not None:
+                row[judge] = info[judge]["questions"][i]
         rows.append(row)
     return rows
 

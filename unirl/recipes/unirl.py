@@ -36,7 +36,7 @@ from unirl.errors import UnirlError
 from unirl.models import ImageRollout, UnifiedModel
 from unirl.progress import progress
 from unirl.rewards.self_judges import SelfQAReward, SelfVQAReward, WeightedSum, flatten_per_image
-from unirl.specs import Spec, draw_tag_balanced, open_question, yes_no_questions
+from unirl.specs import Spec, draw_tag_balanced, open_questions, yes_no_questions
 
 
 @dataclass
@@ -118,14 +118,12 @@ def draw_prompts(specs: list[Spec], config: Config, step: int) -> list[Spec]:
 
 def understanding_targets(specs: list[Spec], accepted: torch.Tensor, thing: str
                           ) -> tuple[list[int], list[str], list[str]]:
-    """For each accepted image: its spec's open question and answer, and each yes/no question
+    """For each accepted image: its spec's open questions and answers, and each yes/no question
     with answer "yes" (an accepted image is taken to show the spec)."""
     per_image = []
     for i, spec in enumerate(specs):
-        qa = [(q, "yes") for q in yes_no_questions(spec)] if accepted[i] else []
-        if accepted[i] and (open_qa := open_question(spec, thing)) is not None:
-            qa.append(open_qa)
-        per_image.append(qa)
+        per_image.append([(q, "yes") for q in yes_no_questions(spec)] + open_questions(spec, thing)
+                         if accepted[i] else [])
     owner, pairs = flatten_per_image(per_image)
     return owner, [q for q, _ in pairs], [a for _, a in pairs]
 

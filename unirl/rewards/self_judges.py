@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 
 from unirl.models import UnifiedModel
-from unirl.specs import Spec, normalize_answer, open_question, yes_no_questions
+from unirl.specs import Spec, normalize_answer, open_questions, yes_no_questions
 
 
 def flatten_per_image(per_image: list[list[Any]]) -> tuple[list[int], list[Any]]:
@@ -60,8 +60,10 @@ class SelfVQAReward:
 
 
 class SelfQAReward:
-    """UniRL's own form: one open question per tag (what, how many, which colour, where), the
-    model's greedy answer against the spec's by normalised exact match, 0/1."""
+    """UniRL's own form: open questions per tag (what, how many, which colour of each object,
+    where), the model's greedy answers against the spec's by normalised exact match; the reward
+    is the fraction answered as the spec says (0/1 for one question). An image whose spec has no
+    question scores 0."""
 
     def __init__(self, model: UnifiedModel, thing: str = "object", batch_size: int = 64, max_new_tokens: int = 8):
         self.model, self.thing, self.batch_size, self.max_new_tokens = model, thing, batch_size, max_new_tokens
@@ -69,19 +71,20 @@ class SelfQAReward:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, specs: list[Spec]) -> tuple[torch.Tensor, dict[str, Any]]:
-        questions = [open_question(s, self.thing) for s in specs]
-        asked = [(i, qa) for i, qa in enumerate(questions) if qa is not None]
-        rewards = torch.zeros(len(specs))
-        answers: list[str | None] = [None] * len(specs)
-        for start in range(0, len(asked), self.batch_size):
-            chunk = asked[start:start + self.batch_size]
-            replies = self.model.answer(images[[i for i, _ in chunk]], [q for _, (q, _) in chunk],
-                                        max_new_tokens=self.max_new_tokens)
-            for (i, (_, expected)), reply in zip(chunk, replies):
-                answers[i] = reply
-                rewards[i] = float(normalize_answer(reply) == normalize_answer(expected))
-        return rewards.to(images.device), {"question": [q[0] if q else None for q in questions],
-                                           "answer": answers}
+        owner, pairs = flatten_per_image([open_questions(s, self.thing) for s in specs])
+        replies: list[str] = []
+        for start in range(0, len(pairs), self.batch_size):
+            chunk = slice(start, start + self.batch_size)
+            replies += self.model.answer(images[owner[chunk]], [q for q, _ in pairs[chunk]],
+                                         max_new_tokens=self.max_new_tokens)
+        right = [float(normalize_answer(r) == normalize_answer(a)) for r, (_, a) in zip(replies, pairs)]
+        owner_t = torch.tensor(owner, dtype=torch.long)
+        totals = torch.zeros(len(specs)).index_add_(0, owner_t, torch.tensor(right))
+        counts = torch.zeros(len(specs)).index_add_(0, owner_t, torch.ones(len(owner)))
+        per_image: list[list[dict[str, str]]] = [[] for _ in specs]
+        for i, (q, expected), reply in zip(owner, pairs, replies):
+            per_image[i].append({"question": q, "answer": reply, "expected": expected})
+        return (totals / counts.clamp(min=1)).to(images.device), {"questions": per_image}
 
 
 def spread(items: list[Any], positions: list[int], n: int) -> list[Any]:

@@ -53,8 +53,7 @@ def rollout_grid(images: torch.Tensor | list[ImageLike], prompts: list[str], rew
 
 def answer_lines(row: dict[str, Any]) -> list[str]:
     """A sample row's judgements as text: self-VQA yes/no with margins, self-QA's answer."""
-    return [answer_text(q) for q in row.get("self_vqa", [])] + \
-        ([answer_text(row["self_qa"])] if "self_qa" in row else [])
+    return [answer_text(q) for q in row.get("self_vqa", []) + row.get("self_qa", [])]
 
 
 def read_samples(step_dir: str | Path) -> list[dict[str, Any]]:
