@@ -82,6 +82,9 @@ def test_open_question_per_tag():
     both = {"tag": "color_attr", "include": [{"class": "circle", "count": 1, "color": "red"},
                                              {"class": "star", "count": 1, "color": "blue"}]}
     assert open_questions(both) == [("What color is the circle?", "red"), ("What color is the star?", "blue")]
+    assert open_questions(both, counts=True)[2:] == [("How many circles are there?", "one"),
+                                                     ("How many stars are there?", "one")]
+    assert open_questions(SPECS[1], counts=True) == [("How many stars are there?", "two")]  # not asked twice
 
 
 def test_self_judges_batched(tiny_janus):

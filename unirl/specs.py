@@ -226,26 +226,32 @@ def yes_no_questions(spec: Spec) -> list[str]:
     return questions
 
 
-def open_questions(spec: Spec, thing: str = "object") -> list[tuple[str, str]]:
+def open_questions(spec: Spec, thing: str = "object", counts: bool = False) -> list[tuple[str, str]]:
     """UniRL's self-QA: open questions for a tag and the answers the spec implies: the main
     object ("What object is this?"; the shapes world says "shape"), how many, which colour (for
     colour attribution, of every object: one right colour alone does not bind both), which
-    position. Empty when a tag has no such question."""
+    position. `counts`: also how many of every object the prompt names ("a red circle and a
+    blue star" implies one circle), so that drawing extra objects to make a colour or a relation
+    likelier to be found is not rewarded. Empty when a tag has no such question."""
     include = spec.get("include", [])
     if not include:
         return []
     first, tag = include[0], spec.get("tag")
+    questions = []
     if tag == "single_object":
-        return [(f"What {thing} is this?", first["class"])]
-    if tag in ("counting", "two_object"):
-        return [(how_many_question(first["class"]), NUMBER_WORDS[first["count"]])]
-    if tag in ("colors", "color_attr"):
-        return [(f"What color is the {c['class']}?", c["color"]) for c in include if "color" in c]
-    if tag == "position":
+        questions = [(f"What {thing} is this?", first["class"])]
+    elif tag in ("counting", "two_object"):
+        questions = [(how_many_question(first["class"]), NUMBER_WORDS[first["count"]])]
+    elif tag in ("colors", "color_attr"):
+        questions = [(f"What color is the {c['class']}?", c["color"]) for c in include if "color" in c]
+    elif tag == "position":
         clause = next(c for c in include if "position" in c)
         relation, target = clause["position"]
-        return [(f"Where is the {clause['class']} relative to the {include[target]['class']}?", relation)]
-    return []
+        questions = [(f"Where is the {clause['class']} relative to the {include[target]['class']}?", relation)]
+    if counts:
+        questions += [(how_many_question(c["class"]), NUMBER_WORDS[c["count"]]) for c in include
+                      if (how_many_question(c["class"]), NUMBER_WORDS[c["count"]]) not in questions]
+    return questions
 
 
 def normalize_answer(text: str) -> str:

@@ -66,6 +66,9 @@ class Config(GRPOConfig):
     """margin: mean of p_yes − p_no over the spec's questions; verdict: mean of (p_yes > p_no)."""
     self_qa_thing: str = "object"
     """The noun of self-QA's main-object question ("What object is this?"); the shapes world says shape."""
+    self_qa_counts: bool = False
+    """Self-QA also asks how many of every object the prompt names (one circle in "a red circle
+    and a blue star"): without it, extra objects make a colour or relation likelier to be found."""
     geneval_detector: str = "shapes"
     geneval_partial: bool = False
     grpo_weight: float = 1.0
@@ -92,7 +95,8 @@ def build_judge(config: Config, model: UnifiedModel) -> WeightedSum:
     if "self_vqa" in used:
         judges["self_vqa"] = (SelfVQAReward(model, mode=config.self_vqa_mode), config.reward_self_vqa)
     if "self_qa" in used:
-        judges["self_qa"] = (SelfQAReward(model, thing=config.self_qa_thing), config.reward_self_qa)
+        self_qa = SelfQAReward(model, thing=config.self_qa_thing, counts=config.self_qa_counts)
+        judges["self_qa"] = (self_qa, config.reward_self_qa)
     if "geneval" in used:
         from evaluators.geneval.detectors import load_detector
         from evaluators.geneval.reward import GenEvalReward

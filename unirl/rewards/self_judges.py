@@ -63,15 +63,17 @@ class SelfQAReward:
     """UniRL's own form: open questions per tag (what, how many, which colour of each object,
     where), the model's greedy answers against the spec's by normalised exact match; the reward
     is the fraction answered as the spec says (0/1 for one question). An image whose spec has no
-    question scores 0."""
+    question scores 0. `counts`: also ask how many of every object the spec names."""
 
-    def __init__(self, model: UnifiedModel, thing: str = "object", batch_size: int = 64, max_new_tokens: int = 8):
-        self.model, self.thing, self.batch_size, self.max_new_tokens = model, thing, batch_size, max_new_tokens
+    def __init__(self, model: UnifiedModel, thing: str = "object", counts: bool = False, batch_size: int = 64,
+                 max_new_tokens: int = 8):
+        self.model, self.thing, self.counts = model, thing, counts
+        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self.__name__ = "self_qa"
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, specs: list[Spec]) -> tuple[torch.Tensor, dict[str, Any]]:
-        owner, pairs = flatten_per_image([open_questions(s, self.thing) for s in specs])
+        owner, pairs = flatten_per_image([open_questions(s, self.thing, self.counts) for s in specs])
         replies: list[str] = []
         for start in range(0, len(pairs), self.batch_size):
             chunk = slice(start, start + self.batch_size)
