@@ -2,8 +2,8 @@
 
 1. before: GenEval on shapes:heldout (4 samples per prompt, the exact shapes detector) and
    understanding accuracy on held-out scenes;
-2. train configs/unirl/toy_grpo.yaml (the model rewards itself with its own yes/no answers;
-   held-out prompts are never trained on);
+2. train configs/unirl/toy_grpo.yaml (the model rewards itself with its own open answers about
+   each prompt's spec; held-out prompts are never trained on);
 3. after: the same two evaluations of RUN/checkpoints/final, a before/after table, and
    OUT/report.html (`unirl report OUT`).
 
