@@ -25,6 +25,13 @@ def flatten_per_image(per_image: list[list[Any]]) -> tuple[list[int], list[Any]]
     return owner, [item for items in per_image for item in items]
 
 
+def mean_per_image(owner: torch.Tensor, scores: torch.Tensor, n: int) -> torch.Tensor:
+    """Mean of each image's question scores ([n]; 0 for an image asked nothing)."""
+    totals = torch.zeros(n).index_add_(0, owner, scores.float())
+    counts = torch.zeros(n).index_add_(0, owner, torch.ones(len(owner)))
+    return totals / counts.clamp(min=1)
+
+
 class SelfVQAReward:
     """Mean over the spec's yes/no questions ("Is there a red circle?", "Are there exactly three
     stars?", "Is the square left of the heart?") of p_yes − p_no ("margin", in [-1, 1]) or of the
@@ -50,9 +57,7 @@ class SelfVQAReward:
                                                   [questions[k] for k in asked.tolist()])
             margins[asked] = (p_yes - p_no).float().cpu()
         scores = margins if self.mode == "margin" else (margins > 0).float()
-        totals = torch.zeros(len(specs)).index_add_(0, owner_t, scores)
-        counts = torch.zeros(len(specs)).index_add_(0, owner_t, torch.ones(len(owner)))
-        rewards = totals / counts.clamp(min=1)
+        rewards = mean_per_image(owner_t, scores, len(specs))
         per_image = [[] for _ in specs]
         for i, q, m in zip(owner, questions, margins.tolist()):
             per_image[i].append({"question": q, "margin": round(m, 4)})
@@ -80,13 +85,11 @@ class SelfQAReward:
             replies += self.model.answer(images[owner[chunk]], [q for q, _ in pairs[chunk]],
                                          max_new_tokens=self.max_new_tokens)
         right = [float(normalize_answer(r) == normalize_answer(a)) for r, (_, a) in zip(replies, pairs)]
-        owner_t = torch.tensor(owner, dtype=torch.long)
-        totals = torch.zeros(len(specs)).index_add_(0, owner_t, torch.tensor(right))
-        counts = torch.zeros(len(specs)).index_add_(0, owner_t, torch.ones(len(owner)))
+        rewards = mean_per_image(torch.tensor(owner, dtype=torch.long), torch.tensor(right), len(specs))
         per_image: list[list[dict[str, str]]] = [[] for _ in specs]
         for i, (q, expected), reply in zip(owner, pairs, replies):
             per_image[i].append({"question": q, "answer": reply, "expected": expected})
-        return (totals / counts.clamp(min=1)).to(images.device), {"questions": per_image}
+        return rewards.to(images.device), {"questions": per_image}
 
 
 def spread(items: list[Any], positions: list[int], n: int) -> list[Any]:
