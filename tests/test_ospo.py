@@ -124,6 +124,27 @@ def test_ospo_run_on_janus_tiny_builds_pairs_trains_and_resumes(tmp_path, loss):
     assert [json.loads(r)["step"] for r in (run / "metrics.jsonl").read_text().splitlines()][-1] == 3
 
 
+def test_ospo_self_qa_judge_on_chosen_tags(tmp_path, capsys):
+    # Self-QA margins are +1 / -1 (answer right or not); a threshold of -1.5 lets every image through,
+    # so every prompt gives a pair and the questions recorded are the judge's open ones.
+    run = tmp_path / "run"
+    args = ["train", "configs/ospo/toy.yaml", "--out", str(run), "model=janus-tiny", "num_prompts=3", "group_size=2",
+            "negatives_per_prompt=1", "margin_threshold=-1.5", "batch_size=2", "max_steps=1", "lora_rank=4",
+            "judge=self_qa", "self_qa_thing=shape", "self_qa_counts=true", "prompt_tags=[position]"]
+    assert main(args) == 0
+    pairs = [json.loads(line) for line in (run / "pairs" / "pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == 3 and all(p["spec"]["tag"] == "position" for p in pairs)
+    for p in pairs:
+        a, b = (c["class"] for c in p["spec"]["include"])
+        assert p["questions"][0].startswith("Where is the") and f"How many {b}s are there?" in p["questions"]
+        assert set(p["chosen_margins"]) <= {1.0, -1.0} and len(p["rejected_margins"]) == len(p["questions"])
+    assert json.loads((run / "recipe.json").read_text())["judge"] == "self_qa"
+    assert main(args[:-1] + ["prompt_tags=[shadows]", "--out", str(tmp_path / "bad")]) == 2
+    assert "prompt_tags: tags shadows are not in prompts shapes:train" in capsys.readouterr().err
+    assert main(args[:-4] + ["judge=clip", "--out", str(tmp_path / "bad")]) == 2
+    assert "'judge' expected 'self_vqa' or 'self_qa'" in capsys.readouterr().err
+
+
 def test_ospo_without_any_pair_says_why_and_leaves_nothing(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "configs/ospo/toy.yaml", "--out", str(run), "model=janus-tiny", "num_prompts=2",

@@ -10,7 +10,8 @@ Top to bottom (see `train`):
    colour, a relation or a count replaced, colours swapped, an object dropped), each a valid spec
    that claims something the base spec rules out;
 3. pairs (`build_pairs`, once, saved in RUN/pairs/): `group_size` images for the base prompt and
-   for each negative; self-VQA on every image with the base prompt's yes/no questions; chosen: the
+   for each negative; self-VQA on every image with the base prompt's yes/no questions (or, with
+   `judge: self_qa`, the model's open answers to the base prompt's questions); chosen: the
    base image that passes every question by a margin over `margin_threshold` with the highest
    mean margin; rejected: a negative image failing a question by that margin whose
    length-normalised log-prob is closest to the chosen's. Prompts without a pair are dropped and
@@ -44,8 +45,8 @@ from unirl.errors import UnirlError
 from unirl.models import UnifiedModel
 from unirl.negatives import hard_negatives
 from unirl.progress import progress
-from unirl.rewards.self_judges import SelfVQAReward, WeightedSum
-from unirl.specs import Spec, distinct_tag_balanced, yes_no_questions
+from unirl.rewards.self_judges import SelfQAReward, SelfVQAReward, WeightedSum
+from unirl.specs import Spec, distinct_tag_balanced
 
 
 @dataclass
@@ -64,6 +65,16 @@ class Config(PolicyConfig):
     guidance: float | None = None
     """Classifier-free guidance of the pair images; None: the model's default. Training scores without CFG."""
     margin_threshold: float = 0.5
+    judge: str = "self_vqa"
+    """Who judges the pair images, on the base prompt's questions. self_vqa: the paper's yes/no
+    questions, margin p_yes - p_no; self_qa: the model's open answers (UniRL's form: which colour,
+    where, how many), margin +1 when the answer is the spec's and -1 when not."""
+    self_qa_thing: str = "object"
+    """With judge self_qa: the noun of the main-object question; the shapes world says shape."""
+    self_qa_counts: bool = False
+    """With judge self_qa: also ask how many of every object the prompt names."""
+    prompt_tags: list[str] = field(default_factory=list)
+    """Tags the initial prompts are drawn from; empty: every tag of the suite."""
     generation_batch: int = 16
     """Prompts whose images (base and negatives) are generated and judged together in stage 3."""
     loss: str = "ospo"
@@ -104,12 +115,18 @@ def image_logps(model: UnifiedModel, prompts: list[str], tokens: torch.Tensor, c
     return torch.cat(out)
 
 
+def build_judge(model: UnifiedModel, config: Config) -> SelfVQAReward | SelfQAReward:
+    if config.judge == "self_vqa":
+        return SelfVQAReward(model)
+    return SelfQAReward(model, thing=config.self_qa_thing, counts=config.self_qa_counts)
+
+
 def margins_matrix(questions: list[list[dict[str, Any]]]) -> torch.Tensor:
-    """Self-VQA margins [N, Q] from a judge's per-image question lists (all with Q questions)."""
+    """Margins [N, Q] from a judge's per-image question lists (all with Q questions)."""
     return torch.tensor([[q["margin"] for q in per_image] for per_image in questions])
 
 
-def draw_and_judge(model: UnifiedModel, judge: SelfVQAReward, prompts: list[str], base_specs: list[Spec],
+def draw_and_judge(model: UnifiedModel, judge: SelfVQAReward | SelfQAReward, prompts: list[str], base_specs: list[Spec],
                    guidance: float, config: Config, seed: int
                    ) -> tuple[torch.Tensor, torch.Tensor, list[list[dict[str, Any]]], torch.Tensor]:
     """`group_size` images per prompt, each judged on its base spec's yes/no questions and scored
@@ -130,7 +147,7 @@ def build_pairs(model: UnifiedModel, specs: list[Spec], guidance: float, config:
     image it is dropped whatever its negatives show)."""
     classes = sorted({c["class"] for s in specs for c in s["include"]})
     rng = np.random.default_rng([config.seed, 2])
-    judge = SelfVQAReward(model)
+    judge = build_judge(model, config)
     g, threshold = config.group_size, config.margin_threshold
     rows, chosen_tokens, rejected_tokens, images = [], [], [], []
     counts = {"prompts": len(specs), "pairs": 0, "no_chosen": 0, "no_rejected": 0, "no_negatives": 0}
@@ -169,7 +186,8 @@ def build_pairs(model: UnifiedModel, specs: list[Spec], guidance: float, config:
             neg = negatives[i][rejected // g]
             rows.append({"prompt": spec["prompt"], "spec": spec, "negative_prompt": neg["spec"]["prompt"],
                          "negative_spec": neg["spec"], "edit": neg["edit"], "what": neg["what"],
-                         "questions": yes_no_questions(spec), "chosen_margins": base_margins[i][chosen].tolist(),
+                         "questions": [q["question"] for q in base_questions[c]],
+                         "chosen_margins": base_margins[i][chosen].tolist(),
                          "rejected_margins": [q["margin"] for q in neg_questions[r]],
                          "chosen_logp": float(base_logps[c]), "rejected_logp": float(neg_logps[r])})
             chosen_tokens.append(base_tokens[c])
@@ -177,7 +195,7 @@ def build_pairs(model: UnifiedModel, specs: list[Spec], guidance: float, config:
             images.append(torch.stack([base_images[c], neg_images[r]]))
             counts["pairs"] += 1
     if not rows:
-        raise UnirlError(f"ospo: no prompt of {len(specs)} gave a pair ({counts}); the model's self-VQA never "
+        raise UnirlError(f"ospo: no prompt of {len(specs)} gave a pair ({counts}); the model's {config.judge} never "
                          f"passed a base image and failed a negative one by margin_threshold={threshold}")
     return Pairs(rows, torch.stack(chosen_tokens), torch.stack(rejected_tokens), torch.stack(images)), counts
 
@@ -213,10 +231,17 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
         raise UnirlError("ospo: one process for now (run without accelerate launch)")
     if config.loss not in ("ospo", "dpo"):
         raise UnirlError(f"config: 'loss' expected 'ospo' or 'dpo', got {config.loss!r}")
+    if config.judge not in ("self_vqa", "self_qa"):
+        raise UnirlError(f"config: 'judge' expected 'self_vqa' or 'self_qa', got {config.judge!r}")
     torch.manual_seed(config.seed)
     suite = load_suite(config.prompts)
     if not suite.specs:
         raise UnirlError(f"prompts {config.prompts}: no prompts")
+    tags = {str(s.get("tag", "")) for s in suite.specs}
+    if unknown := set(config.prompt_tags) - tags:
+        raise UnirlError(f"config: prompt_tags: tags {', '.join(sorted(unknown))} are not in prompts "
+                         f"{config.prompts} (its tags: {', '.join(sorted(tags))})")
+    specs = [s for s in suite.specs if not config.prompt_tags or s.get("tag") in config.prompt_tags]
     model, params, score_reference = build_policy(config, resume_from, reference=config.loss == "dpo")
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     start = restore(resume_from, model, optimizer) if resume_from is not None else 0
@@ -226,7 +251,7 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
     # 1-3. Initial prompts, hard negatives, self-judged pairs: once per run, from the initial model.
     if not (run_dir / "pairs" / "pairs.jsonl").is_file():
         t0 = time.time()
-        initial = distinct_tag_balanced(suite.specs, config.num_prompts, np.random.default_rng([config.seed, 1]))
+        initial = distinct_tag_balanced(specs, config.num_prompts, np.random.default_rng([config.seed, 1]))
         pairs, counts = build_pairs(model, initial, guidance, config)
         save_pairs(pairs, counts, run_dir / "pairs")
         margins = [(r["chosen_margins"], r["rejected_margins"]) for r in pairs.rows]
@@ -240,11 +265,12 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
     if start == 0:
         recipe = {"model": config.model, "prompts": suite.name, "prompts_sha256": suite.sha256, "seed": config.seed,
                   "guidance": guidance, "temperature": config.temperature, "group_size": config.group_size,
-                  "judge": "self_vqa", "margin_threshold": config.margin_threshold, "loss": config.loss,
+                  "judge": config.judge, "self_qa_counts": config.self_qa_counts,
+                  "prompt_tags": config.prompt_tags, "margin_threshold": config.margin_threshold, "loss": config.loss,
                   "pairs": len(pairs.rows), "scoring": "length-normalised image-token log-probs, no CFG"}
         (run_dir / "recipe.json").write_text(json.dumps(recipe, indent=1) + "\n")
-    tracked = tracked_specs(suite.specs, config.track_prompts, config.seed)
-    judge = WeightedSum({"self_vqa": (SelfVQAReward(model), 1.0)})
+    tracked = tracked_specs(specs, config.track_prompts, config.seed)
+    judge = WeightedSum({config.judge: (build_judge(model, config), 1.0)})
 
     # 4. Learn.
     bad_steps = 0

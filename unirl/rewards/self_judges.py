@@ -68,7 +68,8 @@ class SelfQAReward:
     """UniRL's own form: open questions per tag (what, how many, which colour of each object,
     where), the model's greedy answers against the spec's by normalised exact match; the reward
     is the fraction answered as the spec says (0/1 for one question). An image whose spec has no
-    question scores 0. `counts`: also ask how many of every object the spec names."""
+    question scores 0. `counts`: also ask how many of every object the spec names. Each question's
+    "margin" in info is +1 (answered as the spec says) or -1, on self-VQA's p_yes - p_no scale."""
 
     def __init__(self, model: UnifiedModel, thing: str = "object", counts: bool = False, batch_size: int = 64,
                  max_new_tokens: int = 8):
@@ -84,11 +85,12 @@ class SelfQAReward:
             chunk = slice(start, start + self.batch_size)
             replies += self.model.answer(images[owner[chunk]], [q for q, _ in pairs[chunk]],
                                          max_new_tokens=self.max_new_tokens)
-        right = [float(normalize_answer(r) == normalize_answer(a)) for r, (_, a) in zip(replies, pairs)]
-        rewards = mean_per_image(torch.tensor(owner, dtype=torch.long), torch.tensor(right), len(specs))
-        per_image: list[list[dict[str, str]]] = [[] for _ in specs]
-        for i, (q, expected), reply in zip(owner, pairs, replies):
-            per_image[i].append({"question": q, "answer": reply, "expected": expected})
+        right = [normalize_answer(r) == normalize_answer(a) for r, (_, a) in zip(replies, pairs)]
+        rewards = mean_per_image(torch.tensor(owner, dtype=torch.long), torch.tensor(right, dtype=torch.float),
+                                 len(specs))
+        per_image: list[list[dict[str, Any]]] = [[] for _ in specs]
+        for i, (q, expected), reply, ok in zip(owner, pairs, replies, right):  # margin: ±1, self-VQA's scale
+            per_image[i].append({"question": q, "answer": reply, "expected": expected, "margin": 1.0 if ok else -1.0})
         return rewards.to(images.device), {"questions": per_image}
 
 
