@@ -122,6 +122,14 @@ def draw_tag_balanced(specs: list[Spec], n: int, rng: np.random.Generator,
     return drawn
 
 
+def check_tags_known(field_name: str, tags: Any, specs: list[Spec], prompts: str) -> None:
+    """A config field naming tags (a list, or a dict keyed by tag) must name tags the prompts have."""
+    known = {str(s.get("tag", "")) for s in specs}
+    if unknown := set(tags) - known:
+        raise UnirlError(f"config: {field_name}: tags {', '.join(sorted(unknown))} are not in prompts "
+                         f"{prompts} (its tags: {', '.join(sorted(known))})")
+
+
 def distinct_tag_balanced(specs: list[Spec], n: int, rng: np.random.Generator) -> list[Spec]:
     """Up to n distinct specs, taking one of each tag (in a random order) before a second of any."""
     groups = [[g[i] for i in rng.permutation(len(g))] for g in by_tag(specs)]

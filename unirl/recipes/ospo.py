@@ -46,7 +46,7 @@ from unirl.models import UnifiedModel
 from unirl.negatives import hard_negatives
 from unirl.progress import progress
 from unirl.rewards.self_judges import SelfQAReward, SelfVQAReward, WeightedSum
-from unirl.specs import Spec, distinct_tag_balanced
+from unirl.specs import Spec, check_tags_known, distinct_tag_balanced
 
 
 @dataclass
@@ -237,10 +237,7 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
     suite = load_suite(config.prompts)
     if not suite.specs:
         raise UnirlError(f"prompts {config.prompts}: no prompts")
-    tags = {str(s.get("tag", "")) for s in suite.specs}
-    if unknown := set(config.prompt_tags) - tags:
-        raise UnirlError(f"config: prompt_tags: tags {', '.join(sorted(unknown))} are not in prompts "
-                         f"{config.prompts} (its tags: {', '.join(sorted(tags))})")
+    check_tags_known("prompt_tags", config.prompt_tags, suite.specs, config.prompts)
     specs = [s for s in suite.specs if not config.prompt_tags or s.get("tag") in config.prompt_tags]
     model, params, score_reference = build_policy(config, resume_from, reference=config.loss == "dpo")
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)

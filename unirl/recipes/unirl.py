@@ -36,7 +36,7 @@ from unirl.errors import UnirlError
 from unirl.models import ImageRollout, UnifiedModel
 from unirl.progress import progress
 from unirl.rewards.self_judges import SelfQAReward, SelfVQAReward, WeightedSum, flatten_per_image
-from unirl.specs import Spec, draw_tag_balanced, open_questions, yes_no_questions
+from unirl.specs import Spec, check_tags_known, draw_tag_balanced, open_questions, yes_no_questions
 
 
 @dataclass
@@ -207,11 +207,8 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
     suite = load_suite(config.prompts)
     if not suite.specs:
         raise UnirlError(f"prompts {config.prompts}: no prompts")
-    tags = {str(s.get("tag", "")) for s in suite.specs}
     for field_name in ("reward_tag_weights", "prompt_tag_weights"):
-        if unknown := set(getattr(config, field_name)) - tags:
-            raise UnirlError(f"config: {field_name}: tags {', '.join(sorted(unknown))} are not in prompts "
-                             f"{config.prompts} (its tags: {', '.join(sorted(tags))})")
+        check_tags_known(field_name, getattr(config, field_name), suite.specs, config.prompts)
     model, params, score_reference = build_policy(config, resume_from, processes, reference=config.beta > 0)
     guidance = model.default_guidance if config.guidance is None else config.guidance
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
