@@ -11,9 +11,11 @@ One step, top to bottom (see `train`):
 4. learn: GRPO on the answer tokens (`unirl.algorithms.grpo`, the same loss as UniRL's image
    tokens), `num_iterations` passes over the rollout.
 
-`format_warmup_steps` (0 in the paper's settings) first teaches a model that has never written a
-list of labels the answer's form, by NLL on random permutations: the targets are not the
-puzzles' answers, so the warm-up teaches the format and nothing about the order.
+`warmup_steps` (0 in the paper's settings) first teach a model that has never written a list of
+labels, by NLL on its puzzles (seeds no training step uses): with `warmup_answers: random` on
+random permutations, the answer's form and nothing about the order; with `warmup_answers: truth`
+on the puzzles' own answers, a supervised cold start (the truth is free: the puzzle was cut by
+us), after which GRPO refines what the model can already sample.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -51,32 +54,42 @@ class Config(GRPOConfig):
     """γ: a valid but wrong permutation earns γ × the fraction of positions right."""
     format_weight: float = 0.0
     repetition_penalty: float = 0.0
-    format_warmup_steps: int = 0
-    """NLL steps on random permutations before GRPO, for models that have never written the answer's form."""
-    format_warmup_lr: float | None = None
+    warmup_steps: int = 0
+    """NLL steps before GRPO, for models that have never written the answer's form."""
+    warmup_answers: Literal["random", "truth"] = "random"
+    """The warm-up's targets: random (permutations: the form only) or truth (the puzzles' answers)."""
+    warmup_lr: float | None = None
     """The warm-up's learning rate (None: learning_rate). The toy has never seen a digit or a comma:
     their embeddings start from random and need a larger step than RL fine-tuning takes."""
+    warmup_puzzles: int = 16
+    """Puzzles per warm-up step."""
 
 
 def label_list(order: torch.Tensor) -> str:
     return ", ".join(str(int(x)) for x in order)
 
 
-def format_warmup(model: UnifiedModel, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
-                  config: Config) -> list[float]:
-    """NLL of random permutations as answers to real puzzles (drawn with seeds no training step
-    uses): the answer's form, not its content."""
+def warmup_orders(puzzles: Puzzles, answers: str, seed: int) -> torch.Tensor:
+    """[n, k] 1-based label orders the warm-up teaches: the puzzles' own (truth) or random ones."""
+    if answers == "truth":
+        return puzzles.answers
+    generator = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randperm(puzzles.answers.shape[1], generator=generator) + 1 for _ in puzzles.questions])
+
+
+def warmup(model: UnifiedModel, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+           config: Config) -> list[float]:
+    """NLL of answers to real puzzles drawn with seeds no training step uses: random permutations
+    (the answer's form, not its content) or the puzzles' true answers (`warmup_answers`)."""
     losses = []
     for group in optimizer.param_groups:
-        group["lr"] = config.format_warmup_lr or config.learning_rate
-    for step in progress(range(config.format_warmup_steps), desc="format warm-up"):
+        group["lr"] = config.warmup_lr or config.learning_rate
+    for step in progress(range(config.warmup_steps), desc=f"warm-up ({config.warmup_answers} answers)"):
         seed = 2**40 + config.seed * 1_000_003 + step  # beyond any training step's seed
-        puzzles = make_puzzles(config.task, config.data, config.puzzles_per_step, seed=seed, device=model.device)
-        generator = torch.Generator().manual_seed(seed)
-        random_orders = [label_list(torch.randperm(config.task.pieces, generator=generator) + 1)
-                         for _ in puzzles.questions]
+        puzzles = make_puzzles(config.task, config.data, config.warmup_puzzles, seed=seed, device=model.device)
+        orders = warmup_orders(puzzles, config.warmup_answers, seed)
         with autocast(config, model):
-            logprobs = model.answer_logprobs(puzzles.images, puzzles.questions, random_orders)
+            logprobs = model.answer_logprobs(puzzles.images, puzzles.questions, [label_list(o) for o in orders])
         loss = -logprobs.float().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -139,11 +152,12 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
     if start == 0:
         recipe = {"model": config.model, "modality": config.task.modality, "data": config.data, "seed": config.seed,
                   "temperature": config.temperature, "group_size": config.group_size, "pieces": config.task.pieces,
-                  "partial_weight": config.partial_weight, "format_warmup_steps": config.format_warmup_steps}
+                  "partial_weight": config.partial_weight, "warmup_steps": config.warmup_steps,
+                  "warmup_answers": config.warmup_answers}
         (run_dir / "recipe.json").write_text(json.dumps(recipe, indent=1) + "\n")
-        if config.format_warmup_steps:
-            losses = format_warmup(model, params, optimizer, config)
-            log.log(0, {"format_warmup/loss_first": losses[0], "format_warmup/loss_last": losses[-1]})
+        if config.warmup_steps:
+            losses = warmup(model, params, optimizer, config)
+            log.log(0, {"warmup/loss_first": losses[0], "warmup/loss_last": losses[-1]})
     bad_steps = 0
     bar = progress(range(start, config.max_steps), desc="jigsaw", initial=start, total=config.max_steps)
     for step in bar:
