@@ -143,7 +143,7 @@ def test_report_on_a_run_still_going(unirl_run, tmp_path):
 def test_report_of_a_jigsaw_run_shows_the_puzzles(tmp_path):
     run = tmp_path / "jigsaw"
     main(["train", "configs/jigsaw/toy_image.yaml", "--out", str(run), "model=janus-tiny", "max_steps=1",
-          "warmup_steps=0", "puzzles_per_step=2", "group_size=2", "sample_every=1"])
+          "cold_start_steps=0", "puzzles_per_step=2", "group_size=2", "sample_every=1"])
     rows = [json.loads(line) for line in (run / "samples" / "step-1" / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(len(r["pieces"]) == 4 and sorted(r["truth"]) == [1, 2, 3, 4] for r in rows)
     html = write_report(run).read_text()

@@ -127,7 +127,7 @@ def cmd_eval_jigsaw(args: argparse.Namespace) -> None:
     summary = run_jigsaw_eval(model, task, args.out, data=args.data, puzzles=args.puzzles, seed=args.seed,
                               overwrite=args.overwrite)
     print(f"{args.modality} jigsaw ({task.pieces} pieces): exact {summary['exact_accuracy']:.3f} "
-          f"(chance {summary['chance_exact_accuracy']:.4f}), partial {summary['partial_score']:.3f}, "
+          f"(chance {summary['chance_exact_accuracy']:.3g}), partial {summary['partial_score']:.3f}, "
           f"valid format {summary['format_valid']:.3f} on {summary['puzzles']} puzzles")
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "recipe"}))

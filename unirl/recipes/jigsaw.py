@@ -11,11 +11,11 @@ One step, top to bottom (see `train`):
 4. learn: GRPO on the answer tokens (`unirl.algorithms.grpo`, the same loss as UniRL's image
    tokens), `num_iterations` passes over the rollout.
 
-`warmup_steps` (0 in the paper's settings) first teach a model that has never written a list of
-labels, by NLL on its puzzles (seeds no training step uses): with `warmup_answers: random` on
-random permutations, the answer's form and nothing about the order; with `warmup_answers: truth`
-on the puzzles' own answers, a supervised cold start (the truth is free: the puzzle was cut by
-us), after which GRPO refines what the model can already sample.
+`cold_start_steps` (0 in the paper's settings) first teach a model that has never written a list
+of labels, by NLL on its puzzles (seeds no training step uses): with `cold_start_answers: random`
+on random permutations, the answer's form and nothing about the order; with `truth` on the
+puzzles' own answers, a supervised cold start (the truth is free: we cut the puzzles), after
+which GRPO refines what the model can already sample.
 """
 
 from __future__ import annotations
@@ -54,40 +54,40 @@ class Config(GRPOConfig):
     """γ: a valid but wrong permutation earns γ × the fraction of positions right."""
     format_weight: float = 0.0
     repetition_penalty: float = 0.0
-    warmup_steps: int = 0
+    cold_start_steps: int = 0
     """NLL steps before GRPO, for models that have never written the answer's form."""
-    warmup_answers: Literal["random", "truth"] = "random"
-    """The warm-up's targets: random (permutations: the form only) or truth (the puzzles' answers)."""
-    warmup_lr: float | None = None
-    """The warm-up's learning rate (None: learning_rate). The toy has never seen a digit or a comma:
+    cold_start_answers: Literal["random", "truth"] = "random"
+    """The cold start's targets: random (permutations: the form only) or truth (the puzzles' answers)."""
+    cold_start_lr: float | None = None
+    """The cold start's learning rate (None: learning_rate). The toy has never seen a digit or a comma:
     their embeddings start from random and need a larger step than RL fine-tuning takes."""
-    warmup_puzzles: int = 16
-    """Puzzles per warm-up step."""
+    cold_start_puzzles: int = 16
+    """Puzzles per cold-start step."""
 
 
 def label_list(order: torch.Tensor) -> str:
     return ", ".join(str(int(x)) for x in order)
 
 
-def warmup_orders(puzzles: Puzzles, answers: str, seed: int) -> torch.Tensor:
-    """[n, k] 1-based label orders the warm-up teaches: the puzzles' own (truth) or random ones."""
+def cold_start_orders(puzzles: Puzzles, answers: str, seed: int) -> torch.Tensor:
+    """[n, k] 1-based label orders the cold start teaches: the puzzles' own (truth) or random ones."""
     if answers == "truth":
         return puzzles.answers
     generator = torch.Generator().manual_seed(seed)
     return torch.stack([torch.randperm(puzzles.answers.shape[1], generator=generator) + 1 for _ in puzzles.questions])
 
 
-def warmup(model: UnifiedModel, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+def cold_start(model: UnifiedModel, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
            config: Config) -> list[float]:
     """NLL of answers to real puzzles drawn with seeds no training step uses: random permutations
-    (the answer's form, not its content) or the puzzles' true answers (`warmup_answers`)."""
+    (the answer's form, not its content) or the puzzles' true answers (`cold_start_answers`)."""
     losses = []
     for group in optimizer.param_groups:
-        group["lr"] = config.warmup_lr or config.learning_rate
-    for step in progress(range(config.warmup_steps), desc=f"warm-up ({config.warmup_answers} answers)"):
+        group["lr"] = config.cold_start_lr or config.learning_rate
+    for step in progress(range(config.cold_start_steps), desc=f"cold start ({config.cold_start_answers} answers)"):
         seed = 2**40 + config.seed * 1_000_003 + step  # beyond any training step's seed
-        puzzles = make_puzzles(config.task, config.data, config.warmup_puzzles, seed=seed, device=model.device)
-        orders = warmup_orders(puzzles, config.warmup_answers, seed)
+        puzzles = make_puzzles(config.task, config.data, config.cold_start_puzzles, seed=seed, device=model.device)
+        orders = cold_start_orders(puzzles, config.cold_start_answers, seed)
         with autocast(config, model):
             logprobs = model.answer_logprobs(puzzles.images, puzzles.questions, [label_list(o) for o in orders])
         loss = -logprobs.float().mean()
@@ -152,12 +152,12 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
     if start == 0:
         recipe = {"model": config.model, "modality": config.task.modality, "data": config.data, "seed": config.seed,
                   "temperature": config.temperature, "group_size": config.group_size, "pieces": config.task.pieces,
-                  "partial_weight": config.partial_weight, "warmup_steps": config.warmup_steps,
-                  "warmup_answers": config.warmup_answers}
+                  "partial_weight": config.partial_weight, "cold_start_steps": config.cold_start_steps,
+                  "cold_start_answers": config.cold_start_answers, "lr_warmup_steps": config.warmup_steps}
         (run_dir / "recipe.json").write_text(json.dumps(recipe, indent=1) + "\n")
-        if config.warmup_steps:
-            losses = warmup(model, params, optimizer, config)
-            log.log(0, {"warmup/loss_first": losses[0], "warmup/loss_last": losses[-1]})
+        if config.cold_start_steps:
+            losses = cold_start(model, params, optimizer, config)
+            log.log(0, {"cold_start/loss_first": losses[0], "cold_start/loss_last": losses[-1]})
     bad_steps = 0
     bar = progress(range(start, config.max_steps), desc="jigsaw", initial=start, total=config.max_steps)
     for step in bar:
