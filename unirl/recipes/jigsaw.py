@@ -39,6 +39,8 @@ from unirl.models import UnifiedModel
 from unirl.progress import progress
 from unirl.rewards.jigsaw import jigsaw_reward, parse_order
 
+ColdStartAnswers = Literal["random", "truth"]
+
 
 @dataclass
 class Config(GRPOConfig):
@@ -56,7 +58,7 @@ class Config(GRPOConfig):
     repetition_penalty: float = 0.0
     cold_start_steps: int = 0
     """NLL steps before GRPO, for models that have never written the answer's form."""
-    cold_start_answers: Literal["random", "truth"] = "random"
+    cold_start_answers: ColdStartAnswers = "random"
     """The cold start's targets: random (permutations: the form only) or truth (the puzzles' answers)."""
     cold_start_lr: float | None = None
     """The cold start's learning rate (None: learning_rate). The toy has never seen a digit or a comma:
@@ -69,7 +71,7 @@ def label_list(order: torch.Tensor) -> str:
     return ", ".join(str(int(x)) for x in order)
 
 
-def cold_start_orders(puzzles: Puzzles, answers: str, seed: int) -> torch.Tensor:
+def cold_start_orders(puzzles: Puzzles, answers: ColdStartAnswers, seed: int) -> torch.Tensor:
     """[n, k] 1-based label orders the cold start teaches: the puzzles' own (truth) or random ones."""
     if answers == "truth":
         return puzzles.answers
@@ -78,7 +80,7 @@ def cold_start_orders(puzzles: Puzzles, answers: str, seed: int) -> torch.Tensor
 
 
 def cold_start(model: UnifiedModel, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
-           config: Config) -> list[float]:
+               config: Config) -> list[float]:
     """NLL of answers to real puzzles drawn with seeds no training step uses: random permutations
     (the answer's form, not its content) or the puzzles' true answers (`cold_start_answers`)."""
     losses = []
