@@ -64,6 +64,27 @@ def test_tabletop_splits_are_disjoint_and_distractors_differ_from_the_target():
         tabletop_tasks("test")
 
 
+def test_retarget_keeps_the_frame_and_gives_another_seen_object_as_the_goal():
+    train = tabletop_tasks("train")
+    env = TableTop()
+    first = env.reset(train, seed=2)
+    variants = [list(v) for v in env.variants]
+    tasks = env.retarget(train)
+    assert torch.equal(env.observation(), first)  # nothing moved: only which object is the goal
+    names = {t.name for t in train}
+    changed = 0
+    for before, after in zip(variants, env.variants):
+        assert sorted(before) == sorted(after) and "_".join(after[0]) in names  # a seen task, on the table
+        changed += after[0] != before[0]
+    assert changed >= len(train) // 2 and [t.name for t in tasks] == ["_".join(v[0]) for v in env.variants]
+    rng = np.random.default_rng(0)
+    for _ in range(env.horizon):  # the expert now reaches the new goal
+        step = env.step(env.expert_actions(rng))
+    assert step.info["success"].float().mean() >= 0.9
+    with pytest.raises(UnirlError, match="right after reset"):
+        env.retarget(train)
+
+
 # ----------------------------------------------------------------------------- inverse dynamics
 def test_inverse_dynamics_recovers_a_known_linear_action_map():
     """Frames of a robot at p and at p + M a (continuous pixels): the network learns to read a."""
@@ -103,9 +124,22 @@ def test_next_frame_logprobs_match_generation_and_depend_on_the_context(tiny_jan
     with pytest.raises(UnirlError, match="context_tokens"):
         tiny_janus.generate_images(tasks, context_tokens=context[:1])
 
+    # The same image's pixels, shown to the vision tower too: generation and teacher forcing still
+    # agree (with CFG's uncond rows), and the pixels change what is planned.
+    pixels = tiny_janus.decode_tokens(context)
+    seen = tiny_janus.generate_images(tasks, guidance=2.0, seed=0, context_tokens=context, context_images=pixels)
+    forced = tiny_janus.image_token_logprobs(tasks, seen.tokens, guidance=2.0, context_tokens=context,
+                                             context_images=pixels)
+    assert torch.allclose(forced, seen.logprobs, atol=1e-4)
+    other = tiny_janus.image_token_logprobs(tasks, seen.tokens, guidance=2.0, context_tokens=context,
+                                            context_images=pixels.flip(0))
+    assert (other - forced).abs().max().item() > 100 * (forced - seen.logprobs).abs().max().item() + 1e-5
+    with pytest.raises(UnirlError, match="context_images"):
+        tiny_janus.generate_images(tasks, context_images=pixels)
+
 
 # ----------------------------------------------------------------------------- the loop
-TINY = ["model=janus-tiny", "demo_episodes=12", "explore_episodes=6", "warmup_steps=2", "finetune_steps=2",
+TINY = ["model=janus-tiny", "demo_episodes=12", "explore_episodes=6", "planner_warmup_steps=2", "finetune_steps=2",
         "rollouts_per_task=1", "idm_warmup_steps=2", "idm_steps=2", "batch_size=4", "judge_batch_size=2"]
 
 

@@ -58,6 +58,12 @@ class RobotEnv(abc.ABC):
         """A scripted expert's actions [N, action_dim] for the running episodes (demonstrations)."""
         raise UnirlError(f"{type(self).__name__}: no scripted expert for demonstrations")
 
+    def retarget(self, allowed: list[Task]) -> list[Task]:
+        """Right after `reset`: give each episode another object already in its scene as the goal
+        (one whose task is in `allowed`; episodes without one keep theirs), nothing moved, and
+        return the new tasks. Counterfactual demonstrations: the same frame, another goal."""
+        raise UnirlError(f"{type(self).__name__}: cannot retarget episodes (counterfactual demonstrations)")
+
     def close(self) -> None:  # noqa: B027 (most environments hold nothing to release)
         """Release what the episodes hold (simulators, renderers)."""
 

@@ -98,7 +98,7 @@ class TableTop(RobotEnv):
             raise UnirlError("tabletop: reset needs at least one task")
         rng = np.random.default_rng(seed)
         layouts = [self._layout(task, rng) for task in tasks]
-        self.tasks = tasks
+        self.tasks = list(tasks)
         self.robot = np.stack([r for r, _, _ in layouts])
         self.objects = [o for _, o, _ in layouts]
         self.variants = [v for _, _, v in layouts]
@@ -107,6 +107,18 @@ class TableTop(RobotEnv):
         self.done = np.zeros(n, dtype=bool)
         self.success = np.zeros(n, dtype=bool)
         return self.observation()
+
+    def retarget(self, allowed: list[Task]) -> list[Task]:
+        if self.t != 0:
+            raise UnirlError("tabletop: retarget episodes right after reset, before any step")
+        names = {t.name for t in allowed}
+        for i, variants in enumerate(self.variants):
+            other = next((k for k in range(1, len(variants)) if "_".join(variants[k]) in names), None)
+            if other is not None:  # the goal is the first object: swap roles, not places
+                order = [other] + [k for k in range(len(variants)) if k != other]
+                self.objects[i], self.variants[i] = self.objects[i][order], [variants[k] for k in order]
+                self.tasks[i] = task_for(*self.variants[i][0])
+        return list(self.tasks)
 
     # --------------------------------------------------------------------- dynamics
     def step(self, actions: torch.Tensor) -> Step:

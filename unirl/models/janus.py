@@ -133,14 +133,18 @@ class JanusModel(UnifiedModel):
         vq = self.module.config.vq_config
         return math.isqrt(self.num_image_tokens) * 2 ** (len(vq.channel_multiplier) - 1)
 
-    def generation_text(self, prompt: str, with_context: bool = False) -> str:
+    def generation_text(self, prompt: str, with_context: bool = False, with_view: bool = False) -> str:
         """The prompt turn; `with_context` puts an image block after the text, whose placeholders
         `_prompt_embeds` fills with a context image's token embeddings (next-frame planning). The
         block comes last so that each context token sits at the same distance from the token it
-        becomes in the new image, whatever the text's length: copying is one fixed offset."""
+        becomes in the new image, whatever the text's length: copying is one fixed offset.
+        `with_view` puts another block before the text, for the same image as the vision tower
+        sees it (the understanding path, which already knows where each object is)."""
         tok = self.tokenizer
-        block = "\n" + tok.boi_token + tok.image_token * self.num_image_tokens + tok.eoi_token if with_context else ""
-        return f"{USER}: {prompt}{block}\n\n{ASSISTANT}:{tok.boi_token}"
+        image = tok.boi_token + tok.image_token * self.num_image_tokens + tok.eoi_token
+        block = "\n" + image if with_context else ""
+        view = image + "\n" if with_view else ""
+        return f"{USER}: {view}{prompt}{block}\n\n{ASSISTANT}:{tok.boi_token}"
 
     def understanding_text(self, question: str, num_images: int = 1) -> str:
         """The user turn: the images, then the question; or, when the question holds one
@@ -166,11 +170,11 @@ class JanusModel(UnifiedModel):
         return ids.to(self.device), mask.to(self.device)
 
     def _generation_inputs(self, prompts: list[str], guidance: float, unconditional: torch.Tensor | None = None,
-                           with_context: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                           with_context: bool = False, with_view: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and mask for the cond rows, with the uncond rows appended when guidance != 1.
         `unconditional` [N] bool turns chosen cond rows into uncond ones (CFG dropout in training).
         Uncond rows keep the context image: guidance then weighs the text against the image alone."""
-        rows = self.tokenizer([self.generation_text(p, with_context) for p in prompts],
+        rows = self.tokenizer([self.generation_text(p, with_context, with_view) for p in prompts],
                               add_special_tokens=True)["input_ids"]
         ids, mask = self._left_pad(rows)
         keep = (ids == self.bos_id) | (ids == self.boi_id) | (mask == 0)
@@ -183,20 +187,31 @@ class JanusModel(UnifiedModel):
             ids, mask = torch.cat([ids, uncond]), torch.cat([mask, mask])
         return ids, mask
 
-    def _prompt_embeds(self, ids: torch.Tensor, context_tokens: torch.Tensor | None) -> torch.Tensor:
+    def _prompt_embeds(self, ids: torch.Tensor, context_tokens: torch.Tensor | None,
+                       context_images: torch.Tensor | None = None) -> torch.Tensor:
         """Input embeddings of prompt ids; the image placeholders, when there is a context image,
-        take its tokens' generation embeddings (the rows of `context_tokens` repeat for CFG's rows)."""
+        take its tokens' generation embeddings, after its vision features when `context_images`
+        gives its pixels too (the rows of both repeat for CFG's rows)."""
         embeds = self.module.get_input_embeddings()(ids)
         if context_tokens is None:
             return embeds
-        context = context_tokens.to(self.device).repeat(ids.shape[0] // context_tokens.shape[0], 1)
-        image = self.module.prepare_embeddings_for_image_generation(context).to(embeds.dtype)
-        return embeds.masked_scatter((ids == self.image_token_id)[..., None], image)
+        repeat = ids.shape[0] // context_tokens.shape[0]
+        image = self.module.prepare_embeddings_for_image_generation(context_tokens.to(self.device)).to(embeds.dtype)
+        if context_images is not None:  # placeholders fill row by row: this row's view block, then its tokens
+            vision = self.module.model.vision_model(self.preprocess_images(context_images)).last_hidden_state
+            image = torch.cat([self.module.model.aligner(vision).to(embeds.dtype), image], dim=1)
+        return embeds.masked_scatter((ids == self.image_token_id)[..., None], image.repeat(repeat, 1, 1))
 
-    def _check_context(self, context_tokens: torch.Tensor | None, rows: int) -> None:
+    def _check_context(self, context_tokens: torch.Tensor | None, rows: int,
+                       context_images: torch.Tensor | None = None) -> None:
         if context_tokens is not None and tuple(context_tokens.shape) != (rows, self.num_image_tokens):
             raise UnirlError(f"context_tokens: expected shape ({rows}, {self.num_image_tokens}), "
                              f"got {tuple(context_tokens.shape)}")
+        if context_images is not None and (context_tokens is None or context_images.dim() != 4
+                                           or context_images.shape[:2] != (rows, 3)):
+            raise UnirlError(f"context_images: expected pixels [{rows},3,H,W] of the context_tokens' images, "
+                             f"got shape {tuple(context_images.shape)}"
+                             + ("" if context_tokens is not None else " without context_tokens"))
 
     @staticmethod
     def _guided_logprobs(logits: torch.Tensor, batch: int, guidance: float, temperature: float) -> torch.Tensor:
@@ -210,21 +225,26 @@ class JanusModel(UnifiedModel):
     # ----------------------------------------------------------------- generation
     @torch.no_grad()
     def generate_images(self, prompts: list[str], num_per_prompt: int = 1, guidance: float = 5.0,
-                        temperature: float = 1.0, seed: int = 0,
-                        context_tokens: torch.Tensor | None = None) -> ImageRollout:
+                        temperature: float = 1.0, seed: int = 0, context_tokens: torch.Tensor | None = None,
+                        context_images: torch.Tensor | None = None) -> ImageRollout:
         """`context_tokens` [len(prompts), T]: image tokens (`encode_images`) of an image each new
-        one continues from, placed after its prompt (next-frame planning: frame t in, frame t+1 out)."""
+        one continues from, placed after its prompt (next-frame planning: frame t in, frame t+1 out);
+        `context_images` [len(prompts),3,H,W]: the same images' pixels, also shown to the vision
+        tower before the prompt."""
         if not prompts:
             raise UnirlError("generate_images: expected at least one prompt")
-        self._check_context(context_tokens, len(prompts))
+        self._check_context(context_tokens, len(prompts), context_images)
         per_sample = [p for p in prompts for _ in range(num_per_prompt)]
         if context_tokens is not None:
             context_tokens = context_tokens.repeat_interleave(num_per_prompt, dim=0)
+        if context_images is not None:
+            context_images = context_images.repeat_interleave(num_per_prompt, dim=0)
         batch, steps = len(per_sample), self.num_image_tokens
-        ids, mask = self._generation_inputs(per_sample, guidance, with_context=context_tokens is not None)
+        ids, mask = self._generation_inputs(per_sample, guidance, with_context=context_tokens is not None,
+                                            with_view=context_images is not None)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         decoder = CachedDecoder(
-            self.lm, self._prompt_embeds(ids, context_tokens), mask, steps,
+            self.lm, self._prompt_embeds(ids, context_tokens, context_images), mask, steps,
             embed=lambda token: self.module.prepare_embeddings_for_image_generation(
                 token.repeat(ids.shape[0] // batch)[:, None]),
             head=lambda hidden: self._guided_logprobs(self.module.model.generation_head(hidden), batch, guidance,
@@ -261,27 +281,30 @@ class JanusModel(UnifiedModel):
     def image_token_logprobs(self, prompts_per_sample: list[str], tokens: torch.Tensor, guidance: float = 5.0,
                              temperature: float = 1.0, rollout: ImageRollout | None = None,
                              unconditional: torch.Tensor | None = None,
-                             context_tokens: torch.Tensor | None = None) -> torch.Tensor:
+                             context_tokens: torch.Tensor | None = None,
+                             context_images: torch.Tensor | None = None) -> torch.Tensor:
         """One teacher-forced pass: log p(token_t | prompt, tokens_<t) under the guided distribution.
         `unconditional` [N] bool scores chosen rows without their prompt (CFG dropout, guidance 1);
-        `context_tokens` [N,T] as in `generate_images`, one row per sample."""
+        `context_tokens` [N,T] and `context_images` [N,3,H,W] as in `generate_images`, one row per sample."""
         logprobs = self.image_token_distributions(prompts_per_sample, tokens, guidance, temperature,
-                                                  unconditional, context_tokens)
+                                                  unconditional, context_tokens, context_images)
         return logprobs.gather(-1, tokens.to(self.device)[..., None]).squeeze(-1)
 
     def image_token_distributions(self, prompts_per_sample: list[str], tokens: torch.Tensor, guidance: float = 5.0,
                                   temperature: float = 1.0, unconditional: torch.Tensor | None = None,
-                                  context_tokens: torch.Tensor | None = None) -> torch.Tensor:
+                                  context_tokens: torch.Tensor | None = None,
+                                  context_images: torch.Tensor | None = None) -> torch.Tensor:
         """As `image_token_logprobs`, but the whole distribution: [N, T, codebook] log-probs."""
         batch, steps = tokens.shape
         if len(prompts_per_sample) != batch:
             raise UnirlError(f"image_token_logprobs: {len(prompts_per_sample)} prompts for {batch} token rows")
-        self._check_context(context_tokens, batch)
+        self._check_context(context_tokens, batch, context_images)
         tokens = tokens.to(self.device)
         ids, mask = self._generation_inputs(prompts_per_sample, guidance, unconditional,
-                                            with_context=context_tokens is not None)
+                                            with_context=context_tokens is not None,
+                                            with_view=context_images is not None)
         rows = tokens[:, :-1].repeat(ids.shape[0] // batch, 1)
-        embeds = torch.cat([self._prompt_embeds(ids, context_tokens),
+        embeds = torch.cat([self._prompt_embeds(ids, context_tokens, context_images),
                             self.module.prepare_embeddings_for_image_generation(rows)], dim=1)
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], steps - 1)], dim=1)
         hidden = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=mask_positions(mask),

@@ -49,9 +49,9 @@ from unirl.progress import progress
 @dataclass
 class Config(PolicyConfig):
     """SAIL's loop. `learning_rate` is the per-iteration fine-tune's; the policy and LoRA fields are
-    `PolicyConfig`'s (`group_size`, `max_steps`, `save_every` are not used: the loop's units are
-    iterations, and every iteration ends with a checkpoint; any non-zero `sample_every` writes
-    each iteration's first episodes to samples/step-<k>)."""
+    `PolicyConfig`'s (`group_size`, `max_steps`, `save_every` and the LR ramp `warmup_steps` are
+    not used: the loop's units are iterations, and every iteration ends with a checkpoint; any
+    non-zero `sample_every` writes each iteration's first episodes to samples/step-<k>)."""
 
     recipe: str = "sail"
     env: str = "tabletop"
@@ -70,14 +70,22 @@ class Config(PolicyConfig):
     self (the model's own yes/no to the task's question about the final frame)."""
     guidance: float = 1.0
     """Classifier-free guidance of planned frames (text against the current frame alone)."""
+    vision_context: bool = False
+    """Also show frame t to the planner through the vision tower (the understanding path, which
+    already knows where each named object is), before the task text; frame t's image tokens
+    follow the text either way (what the next frame copies)."""
     cfg_dropout: float = 0.1
     """Fraction of planner training rows that drop the task text (what guidance contrasts with)."""
     demo_episodes: int = 1500
     demo_noise: float = 0.2
     """Probability that the scripted expert takes a random command instead (varied demonstrations)."""
+    counterfactual_demos: bool = False
+    """Also play every demonstration's layout with another seen-task object on the table as the
+    goal: the same first frame under two task texts leads to two different next frames, so the
+    planner cannot succeed without reading which object the task names."""
     explore_episodes: int = 128
     """Random-command episodes for the inverse dynamics model (every kind of move, blocked ones too)."""
-    warmup_steps: int = 800
+    planner_warmup_steps: int = 800
     warmup_lr: float = 1e-3
     """The warm-up teaches a new skill (frame in, frame out) and needs a larger step than fine-tuning."""
     finetune_steps: int = 100
@@ -165,6 +173,15 @@ class Episodes:
     final_frames: torch.Tensor  # float [E,3,H,W]
     tasks: list[Task]
 
+    @staticmethod
+    def cat(parts: list[Episodes]) -> Episodes:
+        offsets = np.cumsum([0] + [len(p.tasks) for p in parts[:-1]])
+        return Episodes(Experience.cat([p.experience for p in parts]),
+                        torch.cat([p.episode + int(o) for p, o in zip(parts, offsets)]),
+                        *(torch.cat([getattr(p, k) for p in parts])
+                          for k in ("success", "first_frames", "final_frames")),
+                        [t for p in parts for t in p.tasks])
+
     def keep(self, kept: torch.Tensor) -> Experience:
         """The transitions, marked kept where their episode is."""
         self.experience.kept = kept.bool().cpu()[self.episode]
@@ -172,10 +189,14 @@ class Episodes:
 
 
 def run_episodes(env: RobotEnv, model: UnifiedModel, tasks: list[Task], seed: int,
-                 policy: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]) -> Episodes:
+                 policy: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor],
+                 retarget: list[Task] | None = None) -> Episodes:
     """One episode per task, all stepped together: `policy(frames, tokens, active, t)` gives the
-    actions [E,A] of step t. Transitions are recorded while their episode runs."""
+    actions [E,A] of step t. Transitions are recorded while their episode runs. With `retarget`,
+    each layout's goal becomes another object on the table whose task is in that list."""
     obs = first = env.reset(tasks, seed)
+    if retarget is not None:
+        tasks = env.retarget(retarget)
     tokens = model.encode_images(obs)
     done = torch.zeros(len(tasks), dtype=torch.bool)
     parts, episode_of = [], []
@@ -211,7 +232,8 @@ def planner_policy(model: UnifiedModel, idm: InverseDynamics, env: RobotEnv, tas
         with autocast(config, model):
             rollout = model.generate_images([tasks[i].text for i in idx.tolist()], guidance=config.guidance,
                                             temperature=config.temperature, seed=seed + 7919 * t,
-                                            context_tokens=tokens[idx.to(tokens.device)])
+                                            context_tokens=tokens[idx.to(tokens.device)],
+                                            context_images=obs[idx.to(obs.device)] if config.vision_context else None)
         actions = torch.zeros(len(tasks), env.action_dim)
         actions[idx] = idm(obs[idx.to(obs.device)].to(model.device), rollout.images).float().cpu()
         if plans is not None:
@@ -302,8 +324,9 @@ def train_planner(model: UnifiedModel, params: list[torch.nn.Parameter], optimiz
         batch = Experience.cat(parts)
         unconditional = torch.rand(len(batch), generator=generator) < config.cfg_dropout
         with autocast(config, model):
-            logprobs = model.image_token_logprobs(batch.task, batch.next_tokens, guidance=1.0,
-                                                  unconditional=unconditional, context_tokens=batch.tokens)
+            logprobs = model.image_token_logprobs(
+                batch.task, batch.next_tokens, guidance=1.0, unconditional=unconditional, context_tokens=batch.tokens,
+                context_images=as_float(batch.frames).to(model.device) if config.vision_context else None)
         # Most of a next frame repeats frame t; what moved is the few tokens that differ, and the
         # plan is in them: `changed_weight` counts each of those that many times more.
         weights = 1.0 + config.changed_weight * (batch.next_tokens != batch.tokens).float().to(logprobs.device)
@@ -350,6 +373,10 @@ def run_warmup(model: UnifiedModel, params: list[torch.nn.Parameter], optimizer:
     base_seed = config.seed * 1_000_003
     demo_tasks = [seen[i % len(seen)] for i in range(config.demo_episodes)]
     demos = run_episodes(env, model, demo_tasks, base_seed + 2**32, scripted_policy(env, base_seed, config.demo_noise))
+    if config.counterfactual_demos:  # the same layouts (same tasks, same seed), other goals
+        twins = run_episodes(env, model, demo_tasks, base_seed + 2**32,
+                             scripted_policy(env, base_seed + 2, config.demo_noise), retarget=seen)
+        demos = Episodes.cat([demos, twins])
     explore_tasks = [seen[i % len(seen)] for i in range(config.explore_episodes)]
     explore = run_episodes(env, model, explore_tasks, base_seed + 2**33, scripted_policy(env, base_seed + 1, 1.0))
     judges = judge_set(demos, base_seed)
@@ -361,7 +388,7 @@ def run_warmup(model: UnifiedModel, params: list[torch.nn.Parameter], optimizer:
     idm_metrics = train_idm(idm, Experience.cat([demo_experience, explore.experience]), config.idm_warmup_steps,
                             config, base_seed)
     kept_demos = demo_experience.select(demo_experience.kept.nonzero().squeeze(-1))
-    planner_metrics = train_planner(model, params, optimizer, config.warmup_steps, config.warmup_lr,
+    planner_metrics = train_planner(model, params, optimizer, config.planner_warmup_steps, config.warmup_lr,
                                     kept_demos, None, judges, config, base_seed, "warm-up")
     log.log(0, rounded({"demo/success": demos.success.float().mean().item(), "demo/transitions": len(demos.experience),
                         **{f"warmup/{k}": v for k, v in (idm_metrics | planner_metrics).items()},
