@@ -151,7 +151,8 @@ def test_one_tiny_sail_iteration_writes_summary_and_resumes(tmp_path):
     assert set(summary["success_by_task"][0]) == {t.name for t in tabletop_tasks("heldout")}
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2]
-    assert {"success/unseen", "judge/accuracy", "kept", "planner/loss", "idm/loss"} <= set(rows[1])
+    assert {"success/unseen", "judge/accuracy", "kept", "rollout/success", "planner/loss", "idm/loss"} <= set(rows[1])
+    assert len(summary["kept_by_iteration"]) == 1  # measured twice (same layouts), learned from once
     assert (run / "samples" / "step-1" / "samples.jsonl").is_file()
     load_model(str(run / "checkpoints" / "final"))  # the planner loads as a plain model
 

@@ -9,13 +9,14 @@ A run, top to bottom (see `train`):
    on the *seen* tasks only. The planner learns next-frame prediction on the successful ones and
    the self-judge learns "Is the robot next to the …?" on their frames; the inverse dynamics
    model learns from every transition, random-command episodes included.
-1..I. each iteration, on the *unseen* tasks: `rollouts_per_task` episodes of plan → act; success
-   per task; the filter keeps successful episodes (by the environment's ground truth, or by the
-   model's own yes/no on the final frame); the planner fine-tunes on every kept episode so far
-   (seen-task demonstrations mixed in, so it keeps what it knew); the inverse dynamics model
-   retrains on every transition so far.
-Then one more round of rollouts measures the last planner: `success_by_iteration` has I + 1
-entries, the first before any self-improvement.
+1..I. each iteration, on the *unseen* tasks: success per task is measured on fixed evaluation
+   layouts (the same every iteration, `rollouts_per_task` per task); then as many episodes of
+   plan → act on fresh layouts; the filter keeps successful ones (by the environment's ground
+   truth, or by the model's own yes/no on the final frame); the planner fine-tunes on every kept
+   episode so far (seen-task demonstrations mixed in, so it keeps what it knew); the inverse
+   dynamics model retrains on every transition so far.
+Then the last planner is measured on the same layouts: `success_by_iteration` has I + 1 entries,
+the first before any self-improvement, each on the same episodes' starts.
 
 Checkpoints (checkpoints/step-<i>, after warm-up i = 0 and after each iteration's fine-tune) hold
 the planner; inverse_dynamics/step-<i>, experience/iteration-<i>.safetensors and sail_state.json
@@ -507,28 +508,36 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
     state = json.loads(state_file.read_text())
     state = {k: v[:start] for k, v in state.items()}  # what a crash after the last checkpoint left is redone
 
-    # 1..I. Act on the unseen tasks, filter, fine-tune; then measure the last planner once more.
+    # 1..I. Measure, then act on the unseen tasks, filter, fine-tune; then measure the last planner.
+    # Every measurement plays the same layouts with the same sampling seeds, so iterations differ
+    # only in the planner and IDM; what the loop learns from is played on fresh layouts.
     rollout_tasks = [task for task in unseen for _ in range(config.rollouts_per_task)]
+    eval_seed = base_seed + 104_729
     bar = progress(range(start + 1, config.iterations + 2), desc="sail", initial=start, total=config.iterations + 1)
     for k in bar:
         t0 = time.time()
-        seed = base_seed + 7919 * k
         plans: list[torch.Tensor] = []
-        episodes = run_episodes(env, model, rollout_tasks, seed,
-                                planner_policy(model, idm, env, rollout_tasks, seed, config, plans))
-        verdicts = self_judge(model, episodes.final_frames, episodes.tasks, config)
-        kept = episodes.success if config.filter == "ground_truth" else verdicts
-        metrics = success_metrics(episodes, verdicts) | {"kept": int(kept.sum()), "time/rollout": time.time() - t0}
+        measured = run_episodes(env, model, rollout_tasks, eval_seed,
+                                planner_policy(model, idm, env, rollout_tasks, eval_seed, config, plans))
+        verdicts = self_judge(model, measured.final_frames, measured.tasks, config)
+        metrics = success_metrics(measured, verdicts)
         state.setdefault("success_by_iteration", []).append(metrics["success/unseen"])
         state.setdefault("judge_accuracy_by_iteration", []).append(metrics["judge/accuracy"])
-        state.setdefault("kept_by_iteration", []).append(int(kept.sum()))
         state.setdefault("success_by_task", []).append({t.name: metrics[f"success/{t.name}"] for t in unseen})
         bar.set_postfix(success=f"{metrics['success/unseen']:.3f}")
         if config.sample_every:
-            write_samples(run_dir, k, episodes, plans, verdicts)
+            write_samples(run_dir, k, measured, plans, verdicts)
         if k == config.iterations + 1:  # the last planner's measurement: nothing left to learn from it
-            log.log(k, rounded(metrics))
+            log.log(k, rounded(metrics | {"time/rollout": time.time() - t0}))
             break
+        seed = base_seed + 7919 * k
+        episodes = run_episodes(env, model, rollout_tasks, seed,
+                                planner_policy(model, idm, env, rollout_tasks, seed, config))
+        kept = episodes.success if config.filter == "ground_truth" else self_judge(
+            model, episodes.final_frames, episodes.tasks, config)
+        state.setdefault("kept_by_iteration", []).append(int(kept.sum()))
+        metrics |= {"rollout/success": episodes.success.float().mean().item(), "kept": int(kept.sum()),
+                    "time/rollout": time.time() - t0}
         experience = episodes.keep(kept)
         experience.save(store / f"iteration-{k}.safetensors")
         own.append(experience)
