@@ -10,6 +10,7 @@ from unirl.cli import main
 from unirl.errors import UnirlError
 from unirl.models import load_model
 from unirl.models.inverse_dynamics import InverseDynamics, InverseDynamicsConfig, fit
+from unirl.recipes.sail import Experience, JudgeSet
 
 
 # ----------------------------------------------------------------------------- the table-top toy
@@ -163,6 +164,17 @@ def test_one_tiny_sail_iteration_writes_summary_and_resumes(tmp_path):
     assert resumed["success_by_iteration"][:2] == summary["success_by_iteration"]
     assert len(resumed["success_by_iteration"]) == 3
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
+
+    # The options that make the planner read its task: the warm-up's twin demonstrations, the
+    # model's own "where is the goal" answers in the planner's text and kept in the judge's rows.
+    hinted = tmp_path / "hinted"
+    assert main(["train", "configs/sail/toy.yaml", "--out", str(hinted), "iterations=1", *TINY,
+                 "counterfactual_demos=true", "where_hint=true", "vision_context=true"]) == 0
+    demos = Experience.load(hinted / "experience" / "demos.safetensors")
+    plain = Experience.load(run / "experience" / "demos.safetensors")
+    assert len(demos) > len(plain) and all(t.endswith(" the robot") and ", " in t for t in demos.task)
+    judges = JudgeSet.load(hinted / "experience" / "judge.safetensors")
+    assert any(q.startswith("Where is the") for q in judges.questions)
 
     # The other filter on the same warm-up: step 0 is reused, not rerun.
     other = tmp_path / "other"

@@ -27,6 +27,7 @@ class Task:
     name: str
     text: str  # "move the robot to the red star"
     question: str  # the self-judge's yes/no question about the final frame
+    locate: str = ""  # where the goal is, asked of a frame ("Where is the red star relative to the circle?")
 
 
 @dataclass

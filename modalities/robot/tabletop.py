@@ -39,7 +39,8 @@ CELL_INDEX = {tuple(c): j for j, c in enumerate(CELLS.tolist())}
 
 def task_for(color: str, shape: str) -> Task:
     return Task(name=f"{color}_{shape}", text=f"move the robot to the {color} {shape}",
-                question=f"Is the robot next to the {color} {shape}?")
+                question=f"Is the robot next to the {color} {shape}?",
+                locate=f"Where is the {color} {shape} relative to the circle?")
 
 
 def tabletop_tasks(split: str) -> list[Task]:

@@ -71,6 +71,10 @@ class Config(PolicyConfig):
     self (the model's own yes/no to the task's question about the final frame)."""
     guidance: float = 1.0
     """Classifier-free guidance of planned frames (text against the current frame alone)."""
+    where_hint: bool = False
+    """Before drawing, the planner asks itself where the goal is relative to the robot (the task's
+    `locate` question, answered by its understanding path on frame t) and reads its own answer
+    after the task: "move the robot to the red star, left of the robot"."""
     vision_context: bool = False
     """Also show frame t to the planner through the vision tower (the understanding path, which
     already knows where each named object is), before the task text; frame t's image tokens
@@ -191,9 +195,10 @@ class Episodes:
 
 def run_episodes(env: RobotEnv, model: UnifiedModel, tasks: list[Task], seed: int,
                  policy: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor],
-                 retarget: list[Task] | None = None) -> Episodes:
+                 retarget: list[Task] | None = None, describe: Describe | None = None) -> Episodes:
     """One episode per task, all stepped together: `policy(frames, tokens, active, t)` gives the
-    actions [E,A] of step t. Transitions are recorded while their episode runs. With `retarget`,
+    actions [E,A] of step t. Transitions are recorded while their episode runs, each with the text
+    the planner reads (`describe(frames, tasks)`; the task text by default). With `retarget`,
     each layout's goal becomes another object on the table whose task is in that list."""
     obs = first = env.reset(tasks, seed)
     if retarget is not None:
@@ -207,8 +212,9 @@ def run_episodes(env: RobotEnv, model: UnifiedModel, tasks: list[Task], seed: in
         actions = policy(obs, tokens, ~done, t).cpu().float()
         step = env.step(actions)
         next_tokens = model.encode_images(step.observation)
+        texts = (describe or task_texts)(obs[idx.to(obs.device)], [tasks[i] for i in idx.tolist()])
         parts.append(Experience(as_uint8(obs[idx].cpu()), as_uint8(step.observation[idx].cpu()), tokens[idx].cpu(),
-                                next_tokens[idx].cpu(), actions[idx], [tasks[i].text for i in idx.tolist()],
+                                next_tokens[idx].cpu(), actions[idx], texts,
                                 torch.zeros(len(idx), dtype=torch.bool), torch.zeros(len(idx), dtype=torch.bool)))
         episode_of.append(idx)
         success = step.info["success"].bool().cpu()
@@ -222,16 +228,52 @@ def run_episodes(env: RobotEnv, model: UnifiedModel, tasks: list[Task], seed: in
 
 
 # ----------------------------------------------------------------------------- policies
+Describe = Callable[[torch.Tensor, list[Task]], list[str]]
+
+
+def task_texts(frames: torch.Tensor, tasks: list[Task]) -> list[str]:
+    return [t.text for t in tasks]
+
+
+def planner_texts(model: UnifiedModel, config: Config, batch: int = 256) -> Describe:
+    """What the planner reads with each frame: the task, and with `where_hint` its own greedy
+    answer to the task's `locate` question about that frame (one batched pass per `batch` frames)."""
+    if not config.where_hint:
+        return task_texts
+
+    def describe(frames: torch.Tensor, tasks: list[Task]) -> list[str]:
+        answers = where_answers(model, frames, tasks, config, batch)
+        return [f"{t.text}, {a} the robot" for t, a in zip(tasks, answers)]
+
+    return describe
+
+
+@torch.no_grad()
+def where_answers(model: UnifiedModel, frames: torch.Tensor, tasks: list[Task], config: Config,
+                  batch: int = 256) -> list[str]:
+    """The model's greedy answers to each task's `locate` question about its frame."""
+    if any(not t.locate for t in tasks):
+        raise UnirlError(f"where_hint: task {next(t.name for t in tasks if not t.locate)!r} has no locate question")
+    answers: list[str] = []
+    for i in range(0, len(tasks), batch):
+        with autocast(config, model):
+            answers += model.answer(as_float(frames[i:i + batch]).to(model.device),
+                                    [t.locate for t in tasks[i:i + batch]], max_new_tokens=4)
+    return [a.strip() for a in answers]
+
+
 def planner_policy(model: UnifiedModel, idm: InverseDynamics, env: RobotEnv, tasks: list[Task], seed: int,
                    config: Config, plans: list[torch.Tensor] | None = None):
     """SAIL's act: the planner imagines frame t+1 from frame t and the task; the inverse dynamics
     model reads the action off (frame t, imagined frame). `plans` collects the imagined frames."""
+    describe = planner_texts(model, config)
 
     @torch.no_grad()
     def act(obs: torch.Tensor, tokens: torch.Tensor, active: torch.Tensor, t: int) -> torch.Tensor:
         idx = active.nonzero().squeeze(-1)
+        texts = describe(obs[idx.to(obs.device)], [tasks[i] for i in idx.tolist()])
         with autocast(config, model):
-            rollout = model.generate_images([tasks[i].text for i in idx.tolist()], guidance=config.guidance,
+            rollout = model.generate_images(texts, guidance=config.guidance,
                                             temperature=config.temperature, seed=seed + 7919 * t,
                                             context_tokens=tokens[idx.to(tokens.device)],
                                             context_images=obs[idx.to(obs.device)] if config.vision_context else None)
@@ -373,14 +415,23 @@ def run_warmup(model: UnifiedModel, params: list[torch.nn.Parameter], optimizer:
     t0 = time.time()
     base_seed = config.seed * 1_000_003
     demo_tasks = [seen[i % len(seen)] for i in range(config.demo_episodes)]
-    demos = run_episodes(env, model, demo_tasks, base_seed + 2**32, scripted_policy(env, base_seed, config.demo_noise))
+    describe = planner_texts(model, config)
+    demos = run_episodes(env, model, demo_tasks, base_seed + 2**32, scripted_policy(env, base_seed, config.demo_noise),
+                         describe=describe)
     if config.counterfactual_demos:  # the same layouts (same tasks, same seed), other goals
         twins = run_episodes(env, model, demo_tasks, base_seed + 2**32,
-                             scripted_policy(env, base_seed + 2, config.demo_noise), retarget=seen)
+                             scripted_policy(env, base_seed + 2, config.demo_noise), retarget=seen, describe=describe)
         demos = Episodes.cat([demos, twins])
     explore_tasks = [seen[i % len(seen)] for i in range(config.explore_episodes)]
     explore = run_episodes(env, model, explore_tasks, base_seed + 2**33, scripted_policy(env, base_seed + 1, 1.0))
     judges = judge_set(demos, base_seed)
+    if config.where_hint:  # keep the answers the hints come from: the planner's training would overwrite them
+        pick = torch.randperm(len(demos.experience), generator=torch.Generator().manual_seed(base_seed))
+        pick = pick[:len(judges.questions)]
+        tasks = [demos.tasks[e] for e in demos.episode[pick].tolist()]
+        frames = demos.experience.frames[pick]
+        judges = JudgeSet(torch.cat([judges.frames, frames]), judges.questions + [t.locate for t in tasks],
+                          judges.answers + where_answers(model, frames, tasks, config))
     demo_experience = demos.keep(demos.success)
     demo_experience.save(store / "demos.safetensors")
     explore.keep(torch.zeros(len(explore.tasks), dtype=torch.bool)).save(store / "explore.safetensors")
@@ -532,7 +583,8 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
             break
         seed = base_seed + 7919 * k
         episodes = run_episodes(env, model, rollout_tasks, seed,
-                                planner_policy(model, idm, env, rollout_tasks, seed, config))
+                                planner_policy(model, idm, env, rollout_tasks, seed, config),
+                                describe=planner_texts(model, config))
         kept = episodes.success if config.filter == "ground_truth" else self_judge(
             model, episodes.final_frames, episodes.tasks, config)
         state.setdefault("kept_by_iteration", []).append(int(kept.sum()))
