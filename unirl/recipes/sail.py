@@ -194,12 +194,12 @@ class Episodes:
 
 
 def run_episodes(env: RobotEnv, model: UnifiedModel, tasks: list[Task], seed: int,
-                 policy: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor],
-                 retarget: list[Task] | None = None, describe: Describe | None = None) -> Episodes:
-    """One episode per task, all stepped together: `policy(frames, tokens, active, t)` gives the
-    actions [E,A] of step t. Transitions are recorded while their episode runs, each with the text
-    the planner reads (`describe(frames, tasks)`; the task text by default). With `retarget`,
-    each layout's goal becomes another object on the table whose task is in that list."""
+                 policy: Policy, retarget: list[Task] | None = None, describe: Describe | None = None) -> Episodes:
+    """One episode per task, all stepped together: `policy(frames, tokens, active, t, texts)` gives
+    the actions [E,A] of step t, `texts` being what the planner reads for each active episode
+    (`describe(frames, tasks)`, once per step; the task text by default). Transitions are recorded
+    with those texts while their episode runs. With `retarget`, each layout's goal becomes another
+    object on the table whose task is in that list."""
     obs = first = env.reset(tasks, seed)
     if retarget is not None:
         tasks = env.retarget(retarget)
@@ -209,10 +209,10 @@ def run_episodes(env: RobotEnv, model: UnifiedModel, tasks: list[Task], seed: in
     success = torch.zeros(len(tasks), dtype=torch.bool)
     for t in range(env.horizon):
         idx = (~done).nonzero().squeeze(-1)
-        actions = policy(obs, tokens, ~done, t).cpu().float()
+        texts = (describe or task_texts)(obs[idx.to(obs.device)], [tasks[i] for i in idx.tolist()])
+        actions = policy(obs, tokens, ~done, t, texts).cpu().float()
         step = env.step(actions)
         next_tokens = model.encode_images(step.observation)
-        texts = (describe or task_texts)(obs[idx.to(obs.device)], [tasks[i] for i in idx.tolist()])
         parts.append(Experience(as_uint8(obs[idx].cpu()), as_uint8(step.observation[idx].cpu()), tokens[idx].cpu(),
                                 next_tokens[idx].cpu(), actions[idx], texts,
                                 torch.zeros(len(idx), dtype=torch.bool), torch.zeros(len(idx), dtype=torch.bool)))
@@ -229,6 +229,7 @@ def run_episodes(env: RobotEnv, model: UnifiedModel, tasks: list[Task], seed: in
 
 # ----------------------------------------------------------------------------- policies
 Describe = Callable[[torch.Tensor, list[Task]], list[str]]
+Policy = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, list[str]], torch.Tensor]
 
 
 def task_texts(frames: torch.Tensor, tasks: list[Task]) -> list[str]:
@@ -266,12 +267,10 @@ def planner_policy(model: UnifiedModel, idm: InverseDynamics, env: RobotEnv, tas
                    config: Config, plans: list[torch.Tensor] | None = None):
     """SAIL's act: the planner imagines frame t+1 from frame t and the task; the inverse dynamics
     model reads the action off (frame t, imagined frame). `plans` collects the imagined frames."""
-    describe = planner_texts(model, config)
 
     @torch.no_grad()
-    def act(obs: torch.Tensor, tokens: torch.Tensor, active: torch.Tensor, t: int) -> torch.Tensor:
+    def act(obs: torch.Tensor, tokens: torch.Tensor, active: torch.Tensor, t: int, texts: list[str]) -> torch.Tensor:
         idx = active.nonzero().squeeze(-1)
-        texts = describe(obs[idx.to(obs.device)], [tasks[i] for i in idx.tolist()])
         with autocast(config, model):
             rollout = model.generate_images(texts, guidance=config.guidance,
                                             temperature=config.temperature, seed=seed + 7919 * t,
@@ -290,7 +289,7 @@ def scripted_policy(env: RobotEnv, seed: int, noise: float):
     """The environment's expert, a random command with probability `noise` (1: random episodes)."""
     rng = np.random.default_rng(seed)
 
-    def act(obs: torch.Tensor, tokens: torch.Tensor, active: torch.Tensor, t: int) -> torch.Tensor:
+    def act(obs: torch.Tensor, tokens: torch.Tensor, active: torch.Tensor, t: int, texts: list[str]) -> torch.Tensor:
         if noise >= 1.0:
             return torch.tensor(rng.uniform(-1, 1, size=(len(active), env.action_dim)), dtype=torch.float32)
         return env.expert_actions(rng, noise)
@@ -564,12 +563,14 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
     # only in the planner and IDM; what the loop learns from is played on fresh layouts.
     rollout_tasks = [task for task in unseen for _ in range(config.rollouts_per_task)]
     eval_seed = base_seed + 104_729
+    describe = planner_texts(model, config)
     bar = progress(range(start + 1, config.iterations + 2), desc="sail", initial=start, total=config.iterations + 1)
     for k in bar:
         t0 = time.time()
         plans: list[torch.Tensor] = []
         measured = run_episodes(env, model, rollout_tasks, eval_seed,
-                                planner_policy(model, idm, env, rollout_tasks, eval_seed, config, plans))
+                                planner_policy(model, idm, env, rollout_tasks, eval_seed, config, plans),
+                                describe=describe)
         verdicts = self_judge(model, measured.final_frames, measured.tasks, config)
         metrics = success_metrics(measured, verdicts)
         state.setdefault("success_by_iteration", []).append(metrics["success/unseen"])
@@ -583,8 +584,7 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
             break
         seed = base_seed + 7919 * k
         episodes = run_episodes(env, model, rollout_tasks, seed,
-                                planner_policy(model, idm, env, rollout_tasks, seed, config),
-                                describe=planner_texts(model, config))
+                                planner_policy(model, idm, env, rollout_tasks, seed, config), describe=describe)
         kept = episodes.success if config.filter == "ground_truth" else self_judge(
             model, episodes.final_frames, episodes.tasks, config)
         state.setdefault("kept_by_iteration", []).append(int(kept.sum()))
