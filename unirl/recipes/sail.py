@@ -263,9 +263,9 @@ def where_answers(model: UnifiedModel, frames: torch.Tensor, tasks: list[Task], 
     return [a.strip() for a in answers]
 
 
-def planner_policy(model: UnifiedModel, idm: InverseDynamics, env: RobotEnv, tasks: list[Task], seed: int,
-                   config: Config, plans: list[torch.Tensor] | None = None):
-    """SAIL's act: the planner imagines frame t+1 from frame t and the task; the inverse dynamics
+def planner_policy(model: UnifiedModel, idm: InverseDynamics, env: RobotEnv, seed: int, config: Config,
+                   plans: list[torch.Tensor] | None = None):
+    """SAIL's act: the planner imagines frame t+1 from frame t and its text; the inverse dynamics
     model reads the action off (frame t, imagined frame). `plans` collects the imagined frames."""
 
     @torch.no_grad()
@@ -276,7 +276,7 @@ def planner_policy(model: UnifiedModel, idm: InverseDynamics, env: RobotEnv, tas
                                             temperature=config.temperature, seed=seed + 7919 * t,
                                             context_tokens=tokens[idx.to(tokens.device)],
                                             context_images=obs[idx.to(obs.device)] if config.vision_context else None)
-        actions = torch.zeros(len(tasks), env.action_dim)
+        actions = torch.zeros(len(active), env.action_dim)
         actions[idx] = idm(obs[idx.to(obs.device)].to(model.device), rollout.images).float().cpu()
         if plans is not None:
             plans.append(torch.zeros_like(obs).index_copy_(0, idx.to(obs.device), rollout.images.to(obs)).cpu())
@@ -569,7 +569,7 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
         t0 = time.time()
         plans: list[torch.Tensor] = []
         measured = run_episodes(env, model, rollout_tasks, eval_seed,
-                                planner_policy(model, idm, env, rollout_tasks, eval_seed, config, plans),
+                                planner_policy(model, idm, env, eval_seed, config, plans),
                                 describe=describe)
         verdicts = self_judge(model, measured.final_frames, measured.tasks, config)
         metrics = success_metrics(measured, verdicts)
@@ -584,7 +584,7 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
             break
         seed = base_seed + 7919 * k
         episodes = run_episodes(env, model, rollout_tasks, seed,
-                                planner_policy(model, idm, env, rollout_tasks, seed, config), describe=describe)
+                                planner_policy(model, idm, env, seed, config), describe=describe)
         kept = episodes.success if config.filter == "ground_truth" else self_judge(
             model, episodes.final_frames, episodes.tasks, config)
         state.setdefault("kept_by_iteration", []).append(int(kept.sum()))
