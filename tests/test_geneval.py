@@ -63,6 +63,25 @@ def test_summary_matches_geneval_formula_in_pandas():
     assert ours["overall"] == pytest.approx(np.mean(list(task_scores.values())))
 
 
+def test_sampling_stderr_matches_the_spread_of_repeated_evaluations():
+    """Each prompt has a fixed chance of a right image; evaluating again draws its images anew.
+    The overall score's spread over 3,000 such evaluations is what one evaluation's
+    `overall_stderr` estimates (its mean square, since the per-prompt variance is unbiased)."""
+    rng = np.random.default_rng(0)
+    tags = ["counting"] * 6 + ["colors"] * 20 + ["position"] * 30
+    chance = rng.uniform(0, 1, len(tags))
+    overall, variances = [], []
+    for _ in range(3000):
+        right = rng.random((len(tags), 4)) < chance[:, None]
+        rows = [{"tag": tag, "metadata": str(p), "correct": bool(c)} for p, tag in enumerate(tags) for c in right[p]]
+        summary = summarize(rows)
+        overall.append(summary["overall"])
+        variances.append(summary["overall_stderr"] ** 2)
+    assert np.sqrt(np.mean(variances)) == pytest.approx(np.std(overall), rel=0.05)
+    one = summarize([{"tag": "t", "metadata": "a", "correct": True}])  # a single image: no spread to estimate
+    assert one["overall_stderr"] == 0.0
+
+
 def test_results_round_trip_and_errors(tmp_path):
     rows = [{"filename": "a.png", "tag": "t", "prompt": "p", "correct": True, "reason": "", "metadata": "{}",
              "details": "{}"}]

@@ -44,18 +44,39 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def sampling_stderr(by_tag_prompt: dict[str, dict[str, list[bool]]]) -> tuple[dict[str, float], float]:
+    """Standard error of each tag's accuracy and of the overall score under re-sampling the
+    images of the same prompts (another seed): the error bar for comparing two checkpoints on one
+    prompt suite. A prompt whose k images are right q of the time adds k²·q(1−q)/(k−1) to its
+    tag's sum of squares (one image adds none); tags are independent."""
+    per_tag = {}
+    for tag, prompts in by_tag_prompt.items():
+        n = sum(len(v) for v in prompts.values())
+        ss = 0.0
+        for v in prompts.values():
+            k, q = len(v), sum(v) / len(v)
+            ss += k * k * q * (1 - q) / (k - 1) if k > 1 else 0.0
+        per_tag[tag] = ss ** 0.5 / n
+    overall = sum(se * se for se in per_tag.values()) ** 0.5 / len(per_tag)
+    return per_tag, overall
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """images, prompts, correct_images, correct_prompts, per_tag (tags in first-seen order), overall.
+    """images, prompts, correct_images, correct_prompts, per_tag (tags in first-seen order), overall,
+    and the sampling standard errors `per_tag_stderr` and `overall_stderr` (`sampling_stderr`).
 
     As summary_scores.py: prompts are grouped by their metadata string; a prompt is correct when
     any of its images is; overall is the unweighted mean of the per-tag image accuracies."""
     by_prompt: dict[str, bool] = {}
     by_tag: dict[str, list[bool]] = {}
+    by_tag_prompt: dict[str, dict[str, list[bool]]] = {}
     for row in rows:
         correct = bool(row["correct"])
         by_prompt[row["metadata"]] = by_prompt.get(row["metadata"], False) or correct
         by_tag.setdefault(row["tag"], []).append(correct)
+        by_tag_prompt.setdefault(row["tag"], {}).setdefault(row["metadata"], []).append(correct)
     per_tag = {tag: sum(v) / len(v) for tag, v in by_tag.items()}
+    per_tag_stderr, overall_stderr = sampling_stderr(by_tag_prompt)
     return {
         "images": len(rows),
         "prompts": len(by_prompt),
@@ -63,12 +84,19 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "correct_prompts": sum(by_prompt.values()) / len(by_prompt),
         "per_tag": per_tag,
         "overall": sum(per_tag.values()) / len(per_tag),
+        "per_tag_stderr": per_tag_stderr,
+        "overall_stderr": overall_stderr,
     }
 
 
 def format_summary(summary: dict[str, Any]) -> str:
     lines = [f"images: {summary['images']}  prompts: {summary['prompts']}",
              f"correct images: {summary['correct_images']:.2%}  correct prompts: {summary['correct_prompts']:.2%}"]
-    lines += [f"  {tag:<16} {score:.2%}" for tag, score in summary["per_tag"].items()]
-    lines.append(f"overall (mean over tags): {summary['overall']:.5f}")
+    stderr = summary.get("per_tag_stderr", {})
+    lines += [f"  {tag:<16} {score:.2%}" + (f"  ± {stderr[tag]:.2%}" if tag in stderr else "")
+              for tag, score in summary["per_tag"].items()]
+    overall = f"overall (mean over tags): {summary['overall']:.5f}"
+    if "overall_stderr" in summary:
+        overall += f"  ± {summary['overall_stderr']:.5f} (sampling standard error)"
+    lines.append(overall)
     return "\n".join(lines)
