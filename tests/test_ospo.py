@@ -7,6 +7,7 @@ import torch
 
 from evaluators.geneval.detectors import load_detector
 from evaluators.geneval.evaluate import judge_batch
+from evaluators.geneval.reward import GenEvalReward
 from modalities.image.shapes import SHAPES, all_specs, render, scene_for_spec
 from unirl.algorithms.preference import dpo_loss, ospo_loss, select_pair
 from unirl.cli import main
@@ -124,6 +125,22 @@ def test_ospo_run_on_janus_tiny_builds_pairs_trains_and_resumes(tmp_path, loss):
     assert [json.loads(r)["step"] for r in (run / "metrics.jsonl").read_text().splitlines()][-1] == 3
 
 
+def test_geneval_judge_gives_ospo_plus_one_for_the_spec_and_minus_one_for_its_negative():
+    """`judge: geneval` (the comparison run): scenes drawn for the base specs pass GenEval's rules
+    (+1), scenes drawn for their hard negatives, judged on the base spec, fail (-1), and the pair
+    rule then picks a right image as chosen and a negative one as rejected."""
+    rng = np.random.default_rng(3)
+    specs = [s for s in all_specs() if s["tag"] in ("position", "color_attr")][::97][:6]
+    negatives = [hard_negatives(s, SHAPES, 1, rng)[0]["spec"] for s in specs]
+    images = render([scene_for_spec(s, rng) for s in specs + negatives])
+    _, info = GenEvalReward(load_detector("shapes", device="cpu"))(images, specs + specs)
+    margins = torch.tensor([[q["margin"] for q in per_image] for per_image in info["questions"]])
+    assert margins.shape == (12, 1)
+    assert margins[:6].eq(1).all() and margins[6:].eq(-1).all()
+    chosen, rejected = select_pair(margins[:6], margins[6:], torch.zeros(6), torch.zeros(6), threshold=0.5)
+    assert chosen is not None and rejected is not None
+
+
 def test_ospo_self_qa_judge_on_chosen_tags(tmp_path, capsys):
     # Self-QA margins are +1 / -1 (answer right or not); a threshold of -1.5 lets every image through,
     # so every prompt gives a pair and the questions recorded are the judge's open ones.
@@ -142,7 +159,7 @@ def test_ospo_self_qa_judge_on_chosen_tags(tmp_path, capsys):
     assert main(args[:-1] + ["prompt_tags=[shadows]", "--out", str(tmp_path / "bad")]) == 2
     assert "prompt_tags: tags shadows are not in prompts shapes:train" in capsys.readouterr().err
     assert main(args[:-4] + ["judge=clip", "--out", str(tmp_path / "bad")]) == 2
-    assert "'judge' expected 'self_vqa' or 'self_qa'" in capsys.readouterr().err
+    assert "'judge' expected 'self_vqa', 'self_qa' or 'geneval'" in capsys.readouterr().err
 
 
 def test_ospo_without_any_pair_says_why_and_leaves_nothing(tmp_path, capsys):

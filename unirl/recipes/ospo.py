@@ -68,7 +68,11 @@ class Config(PolicyConfig):
     judge: str = "self_vqa"
     """Who judges the pair images, on the base prompt's questions. self_vqa: the paper's yes/no
     questions, margin p_yes - p_no; self_qa: the model's open answers (UniRL's form: which colour,
-    where, how many), margin +1 when the answer is the spec's and -1 when not."""
+    where, how many), margin +1 when the answer is the spec's and -1 when not; geneval: GenEval's
+    rules with `geneval_detector` (+1 correct, -1 not), for comparison runs: the ceiling a
+    perfect judge gives, not self-improvement."""
+    geneval_detector: str = "shapes"
+    """With judge geneval: the detector (shapes: exact, for the shapes world; mask2former:PATH)."""
     self_qa_thing: str = "object"
     """With judge self_qa: the noun of the main-object question; the shapes world says shape."""
     self_qa_counts: bool = False
@@ -115,9 +119,14 @@ def image_logps(model: UnifiedModel, prompts: list[str], tokens: torch.Tensor, c
     return torch.cat(out)
 
 
-def build_judge(model: UnifiedModel, config: Config) -> SelfVQAReward | SelfQAReward:
+def build_judge(model: UnifiedModel, config: Config) -> Any:
     if config.judge == "self_vqa":
         return SelfVQAReward(model)
+    if config.judge == "geneval":
+        from evaluators.geneval.detectors import load_detector
+        from evaluators.geneval.reward import GenEvalReward
+
+        return GenEvalReward(load_detector(config.geneval_detector, device=model.device))
     return SelfQAReward(model, thing=config.self_qa_thing, counts=config.self_qa_counts)
 
 
@@ -126,7 +135,7 @@ def margins_matrix(questions: list[list[dict[str, Any]]]) -> torch.Tensor:
     return torch.tensor([[q["margin"] for q in per_image] for per_image in questions])
 
 
-def draw_and_judge(model: UnifiedModel, judge: SelfVQAReward | SelfQAReward, prompts: list[str], base_specs: list[Spec],
+def draw_and_judge(model: UnifiedModel, judge: Any, prompts: list[str], base_specs: list[Spec],
                    guidance: float, config: Config, seed: int
                    ) -> tuple[torch.Tensor, torch.Tensor, list[list[dict[str, Any]]], torch.Tensor]:
     """`group_size` images per prompt, each judged on its base spec's yes/no questions and scored
@@ -231,8 +240,8 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
         raise UnirlError("ospo: one process for now (run without accelerate launch)")
     if config.loss not in ("ospo", "dpo"):
         raise UnirlError(f"config: 'loss' expected 'ospo' or 'dpo', got {config.loss!r}")
-    if config.judge not in ("self_vqa", "self_qa"):
-        raise UnirlError(f"config: 'judge' expected 'self_vqa' or 'self_qa', got {config.judge!r}")
+    if config.judge not in ("self_vqa", "self_qa", "geneval"):
+        raise UnirlError(f"config: 'judge' expected 'self_vqa', 'self_qa' or 'geneval', got {config.judge!r}")
     torch.manual_seed(config.seed)
     suite = load_suite(config.prompts)
     if not suite.specs:
