@@ -10,7 +10,16 @@ from unirl.cli import main
 from unirl.errors import UnirlError
 from unirl.models import load_model
 from unirl.models.inverse_dynamics import InverseDynamics, InverseDynamicsConfig, fit
-from unirl.recipes.sail import Experience, JudgeSet
+from unirl.recipes.sail import (
+    Config,
+    Experience,
+    JudgeSet,
+    hint_in,
+    planner_texts,
+    run_episodes,
+    scripted_policy,
+    where_rows,
+)
 
 
 # ----------------------------------------------------------------------------- the table-top toy
@@ -52,6 +61,17 @@ def test_tabletop_moves_blocks_and_ends_on_touch():
     assert step.terminated[0] and step.info["success"][0] and step.reward[0] == 1.0
     step = env.step(torch.tensor([[1.0, 0.0]]))  # an ended episode ignores actions
     assert env.robot[0].tolist() == [2, 0] and step.reward[0] == 0.0
+
+
+def test_goal_relations_follow_the_frame_and_stop_with_the_episode():
+    env = TableTop(distractors=(1, 1))
+    env.reset(tabletop_tasks("train")[:4], seed=0)
+    targets = [[4, 1], [0, 2], [2, 5], [5, 5]]  # robot at (2, 2): right and up, left, below, diagonal
+    for i, target in enumerate(targets):
+        env.robot[i], env.objects[i] = np.array([2, 2]), np.array([target, [5, 0] if i != 1 else [0, 5]])
+    assert env.goal_relations() == [{"right of"}, {"left of"}, {"below"}, {"right of", "below"}]
+    env.step(torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]))  # the first two touch their targets
+    assert env.goal_relations() == [{"below"}, {"right of", "below"}]
 
 
 def test_tabletop_splits_are_disjoint_and_distractors_differ_from_the_target():
@@ -139,6 +159,26 @@ def test_next_frame_logprobs_match_generation_and_depend_on_the_context(tiny_jan
         tiny_janus.generate_images(tasks, context_images=pixels)
 
 
+def test_true_hints_point_where_the_expert_goes_and_kept_episodes_become_where_rows(tiny_janus):
+    env = TableTop(image_size=tiny_janus.generation_image_size)
+    tasks = tabletop_tasks("heldout") * 4
+    describe = planner_texts(tiny_janus, Config(where_hint=True), truth=env)
+    episodes = run_episodes(env, tiny_janus, tasks, 0, scripted_policy(env, 0, 0.0), describe=describe)
+    first = episodes.experience.select(torch.arange(len(tasks)))  # step 0 of every episode, in order
+    hints = [hint_in(text, task.text) for text, task in zip(first.task, tasks)]
+    axis = {"left of": (0, -1), "right of": (0, 1), "above": (1, -1), "below": (1, 1)}
+    along = [np.sign(action[axis[h][0]].item()) == axis[h][1] for h, action in zip(hints, first.actions)]
+    assert np.mean(along) >= 0.8  # the expert's first move goes the hinted way (detours around distractors aside)
+
+    kept = torch.arange(len(tasks)) % 2 == 0
+    rows = where_rows(episodes, kept)
+    mine = kept[episodes.episode]
+    assert len(rows) == int(mine.sum()) and torch.equal(rows.frames, episodes.experience.frames[mine])
+    assert rows.questions == [tasks[e].locate for e in episodes.episode[mine].tolist()]
+    assert rows.answers == [hint_in(x, tasks[e].text) for x, e in
+                            zip(episodes.experience.task, episodes.episode.tolist()) if kept[e]]
+
+
 # ----------------------------------------------------------------------------- the loop
 TINY = ["model=janus-tiny", "demo_episodes=12", "explore_episodes=6", "planner_warmup_steps=2", "finetune_steps=2",
         "rollouts_per_task=1", "idm_warmup_steps=2", "idm_steps=2", "batch_size=4", "judge_batch_size=2"]
@@ -175,6 +215,17 @@ def test_one_tiny_sail_iteration_writes_summary_and_resumes(tmp_path):
     assert len(demos) > len(plain) and all(t.endswith(" the robot") and ", " in t for t in demos.task)
     judges = JudgeSet.load(hinted / "experience" / "judge.safetensors")
     assert any(q.startswith("Where is the") for q in judges.questions)
+    # Labelled by the environment instead: every hint is a true relation; the loop still reads
+    # the model's own answers, measures them, and keeps the kept episodes' answers as where rows.
+    labelled = tmp_path / "labelled"
+    assert main(["train", "configs/sail/toy.yaml", "--out", str(labelled), "iterations=1", *TINY,
+                 "where_hint=true", "where_labels=truth", "filter=self"]) == 0
+    demos = Experience.load(labelled / "experience" / "demos.safetensors")
+    assert {hint_in(x, x.split(",")[0]) for x in demos.task} <= {"left of", "right of", "above", "below"}
+    summary = json.loads((labelled / "sail_summary.json").read_text())
+    assert len(summary["where_accuracy_by_iteration"]) == 2
+    kept = Experience.load(labelled / "experience" / "iteration-1.safetensors")
+    assert len(JudgeSet.load(labelled / "experience" / "where-1.safetensors")) == int(kept.kept.sum())
 
     # The other filter on the same warm-up: step 0 is reused, not rerun.
     other = tmp_path / "other"
@@ -193,3 +244,7 @@ def test_sail_bad_input_is_one_clear_error(tmp_path, capsys):
     assert "filter: expected one of ['ground_truth', 'self'], got 'vlm'" in capsys.readouterr().err
     assert main(["train", "configs/sail/toy.yaml", "--out", str(tmp_path / "b"), *TINY, "model=showo-tiny"]) == 2
     assert "cannot generate an image from an image" in capsys.readouterr().err
+    assert main(["train", "configs/sail/toy.yaml", "--out", str(tmp_path / "c"), *TINY, "where_hint=true",
+                 "where_labels=oracle"]) == 2
+    assert "where_labels: expected one of ['self', 'truth'], got 'oracle'" in capsys.readouterr().err
+    assert not (tmp_path / "c" / "checkpoints").exists()

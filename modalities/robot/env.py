@@ -65,6 +65,12 @@ class RobotEnv(abc.ABC):
         return the new tasks. Counterfactual demonstrations: the same frame, another goal."""
         raise UnirlError(f"{type(self).__name__}: cannot retarget episodes (counterfactual demonstrations)")
 
+    def goal_relations(self) -> list[set[str]]:
+        """Where each running episode's goal is relative to the robot, in the understanding
+        path's words ("left of", "right of", "above", "below"; two on an exact diagonal): the
+        truth behind `where_hint`, for labelled demonstrations and for measuring the answers."""
+        raise UnirlError(f"{type(self).__name__}: does not know where the goal is (where_labels: truth)")
+
     def close(self) -> None:  # noqa: B027 (most environments hold nothing to release)
         """Release what the episodes hold (simulators, renderers)."""
 

@@ -141,6 +141,18 @@ class TableTop(RobotEnv):
         return Step(self.observation(), reward, torch.from_numpy(terminated), torch.from_numpy(truncated),
                     {"success": torch.from_numpy(self.success.copy())})
 
+    def goal_relations(self) -> list[set[str]]:
+        relations = []
+        for i in np.flatnonzero(~self.done):
+            dx, dy = (self.objects[i][0] - self.robot[i]).tolist()  # y grows downwards
+            words = set()
+            if dx and abs(dx) >= abs(dy):
+                words.add("left of" if dx < 0 else "right of")
+            if dy and abs(dy) >= abs(dx):
+                words.add("above" if dy < 0 else "below")
+            relations.append(words)
+        return relations
+
     def observation(self) -> torch.Tensor:
         radius = 0.42 * self.cell
 

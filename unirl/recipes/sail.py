@@ -74,7 +74,13 @@ class Config(PolicyConfig):
     where_hint: bool = False
     """Before drawing, the planner asks itself where the goal is relative to the robot (the task's
     `locate` question, answered by its understanding path on frame t) and reads its own answer
-    after the task: "move the robot to the red star, left of the robot"."""
+    after the task: "move the robot to the red star, left of the robot". The answers the
+    planner read in kept episodes are trained beside its frames (the judge's rows), so the loop
+    also improves the answers that steer it."""
+    where_labels: str = "self"
+    """With `where_hint`, what the warm-up's demonstrations read and its where rows teach: self
+    (the model's own answers) or truth (the environment's relation; scripted demonstrations on
+    seen tasks know it, as they know the expert's moves). The loop always reads the model's own."""
     vision_context: bool = False
     """Also show frame t to the planner through the vision tower (the understanding path, which
     already knows where each named object is), before the task text; frame t's image tokens
@@ -236,15 +242,28 @@ def task_texts(frames: torch.Tensor, tasks: list[Task]) -> list[str]:
     return [t.text for t in tasks]
 
 
-def planner_texts(model: UnifiedModel, config: Config, batch: int = 256) -> Describe:
+def hinted(task_text: str, answer: str) -> str:
+    return f"{task_text}, {answer} the robot"
+
+
+def hint_in(text: str, task_text: str) -> str:
+    """The answer inside a `hinted` text."""
+    return text[len(task_text) + 2:-len(" the robot")]
+
+
+def planner_texts(model: UnifiedModel, config: Config, truth: RobotEnv | None = None, batch: int = 256) -> Describe:
     """What the planner reads with each frame: the task, and with `where_hint` its own greedy
-    answer to the task's `locate` question about that frame (one batched pass per `batch` frames)."""
+    answer to the task's `locate` question about that frame (one batched pass per `batch` frames),
+    or with `truth` the environment's relation (the first in alphabetical order on a diagonal)."""
     if not config.where_hint:
         return task_texts
 
     def describe(frames: torch.Tensor, tasks: list[Task]) -> list[str]:
-        answers = where_answers(model, frames, tasks, config, batch)
-        return [f"{t.text}, {a} the robot" for t, a in zip(tasks, answers)]
+        if truth is not None:
+            answers = [min(r) for r in truth.goal_relations()]
+        else:
+            answers = where_answers(model, frames, tasks, config, batch)
+        return [hinted(t.text, a) for t, a in zip(tasks, answers)]
 
     return describe
 
@@ -306,6 +325,18 @@ class JudgeSet:
     questions: list[str]
     answers: list[str]
 
+    def __len__(self) -> int:
+        return len(self.questions)
+
+    def select(self, index: torch.Tensor) -> JudgeSet:
+        index = index.tolist()
+        return JudgeSet(self.frames[index], [self.questions[i] for i in index], [self.answers[i] for i in index])
+
+    @staticmethod
+    def cat(parts: list[JudgeSet]) -> JudgeSet:
+        return JudgeSet(torch.cat([p.frames for p in parts]), [q for p in parts for q in p.questions],
+                        [a for p in parts for a in p.answers])
+
     def save(self, path: Path) -> None:
         with atomic_file(path) as tmp:
             save_file({"frames": self.frames.contiguous()}, str(tmp),
@@ -335,6 +366,26 @@ def judge_set(demos: Episodes, seed: int) -> JudgeSet:
     return JudgeSet(as_uint8(torch.stack([r[0] for r in rows])), [r[1] for r in rows], [r[2] for r in rows])
 
 
+def where_rows(episodes: Episodes, kept: torch.Tensor) -> JudgeSet:
+    """The kept episodes' frames with their task's `locate` question and the answer the planner
+    read there (from its hinted text)."""
+    index = kept.bool().cpu()[episodes.episode].nonzero().squeeze(-1).tolist()
+    tasks = [episodes.tasks[e] for e in episodes.episode[index].tolist()]
+    texts = [episodes.experience.task[i] for i in index]
+    return JudgeSet(episodes.experience.frames[index], [t.locate for t in tasks],
+                    [hint_in(x, t.text) for x, t in zip(texts, tasks)])
+
+
+@torch.no_grad()
+def where_accuracy(model: UnifiedModel, env: RobotEnv, tasks: list[Task], seed: int, config: Config) -> float:
+    """How often the model's answer to the `locate` question about each layout's first frame is
+    true (a measurement only: the loop never reads the truth)."""
+    frames = env.reset(tasks, seed)
+    truth = env.goal_relations()
+    answers = where_answers(model, frames, tasks, config)
+    return float(np.mean([a in r for a, r in zip(answers, truth)]))
+
+
 @torch.no_grad()
 def self_judge(model: UnifiedModel, frames: torch.Tensor, tasks: list[Task], config: Config,
                batch: int = 64) -> torch.Tensor:
@@ -350,14 +401,17 @@ def self_judge(model: UnifiedModel, frames: torch.Tensor, tasks: list[Task], con
 # ----------------------------------------------------------------------------- learning
 def train_planner(model: UnifiedModel, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
                   steps: int, lr: float, demos: Experience, own: Experience | None, judges: JudgeSet,
-                  config: Config, seed: int, desc: str) -> dict[str, float]:
+                  config: Config, seed: int, desc: str, own_judges: JudgeSet | None = None) -> dict[str, float]:
     """Next-frame NLL on (task, frame t) → frame t+1 batches (a share `own_fraction` from the
     kept own episodes when there are any, the rest from seen-task demonstrations; `cfg_dropout`
-    of the rows without their task text), plus `judge_weight` × the self-judge's yes/no NLL."""
+    of the rows without their task text), plus `judge_weight` × the NLL of the judge's rows (the
+    same share from `own_judges`, the kept episodes' where rows, when there are any)."""
     generator = torch.Generator().manual_seed(seed)
     for group in optimizer.param_groups:
         group["lr"] = lr
     n_own = round(config.batch_size * config.own_fraction) if own is not None and len(own) else 0
+    has_own_judges = own_judges is not None and len(own_judges) > 0
+    n_own_judges = round(config.judge_batch_size * config.own_fraction) if has_own_judges else 0
     losses, judge_losses = [], []
     for _ in progress(range(steps), desc=desc, leave=False):
         parts = [demos.select(torch.randint(len(demos), (config.batch_size - n_own,), generator=generator))]
@@ -375,11 +429,14 @@ def train_planner(model: UnifiedModel, params: list[torch.nn.Parameter], optimiz
         loss = -(weights * logprobs.float()).sum() / weights.sum()
         losses.append(loss.item())
         if config.judge_weight > 0:
-            j = torch.randint(len(judges.questions), (config.judge_batch_size,), generator=generator).tolist()
+            rows = [judges.select(torch.randint(len(judges), (config.judge_batch_size - n_own_judges,),
+                                                generator=generator))]
+            if n_own_judges:
+                rows.append(own_judges.select(torch.randint(len(own_judges), (n_own_judges,), generator=generator)))
+            rows = JudgeSet.cat(rows)
             with autocast(config, model):
-                judge_logprobs = model.answer_logprobs(as_float(judges.frames[j]).to(model.device),
-                                                       [judges.questions[i] for i in j],
-                                                       [judges.answers[i] for i in j])
+                judge_logprobs = model.answer_logprobs(as_float(rows.frames).to(model.device), rows.questions,
+                                                       rows.answers)
             judge_loss = -judge_logprobs.float().mean()
             judge_losses.append(judge_loss.item())
             loss = loss + config.judge_weight * judge_loss
@@ -404,6 +461,7 @@ def train_idm(idm: InverseDynamics, experience: Experience, steps: int, config: 
 
 # ----------------------------------------------------------------------------- the loop
 FILTERS = ("ground_truth", "self")
+WHERE_LABELS = ("self", "truth")
 WARMUP_FILES = ("demos.safetensors", "explore.safetensors", "judge.safetensors")
 
 
@@ -414,7 +472,7 @@ def run_warmup(model: UnifiedModel, params: list[torch.nn.Parameter], optimizer:
     t0 = time.time()
     base_seed = config.seed * 1_000_003
     demo_tasks = [seen[i % len(seen)] for i in range(config.demo_episodes)]
-    describe = planner_texts(model, config)
+    describe = planner_texts(model, config, truth=env if config.where_labels == "truth" else None)
     demos = run_episodes(env, model, demo_tasks, base_seed + 2**32, scripted_policy(env, base_seed, config.demo_noise),
                          describe=describe)
     if config.counterfactual_demos:  # the same layouts (same tasks, same seed), other goals
@@ -425,12 +483,9 @@ def run_warmup(model: UnifiedModel, params: list[torch.nn.Parameter], optimizer:
     explore = run_episodes(env, model, explore_tasks, base_seed + 2**33, scripted_policy(env, base_seed + 1, 1.0))
     judges = judge_set(demos, base_seed)
     if config.where_hint:  # keep the answers the hints come from: the planner's training would overwrite them
-        pick = torch.randperm(len(demos.experience), generator=torch.Generator().manual_seed(base_seed))
-        pick = pick[:len(judges.questions)]
-        tasks = [demos.tasks[e] for e in demos.episode[pick].tolist()]
-        frames = demos.experience.frames[pick]
-        judges = JudgeSet(torch.cat([judges.frames, frames]), judges.questions + [t.locate for t in tasks],
-                          judges.answers + where_answers(model, frames, tasks, config))
+        where = where_rows(demos, torch.ones(len(demos.tasks), dtype=torch.bool))
+        pick = torch.randperm(len(where), generator=torch.Generator().manual_seed(base_seed))[:len(judges)]
+        judges = JudgeSet.cat([judges, where.select(pick)])
     demo_experience = demos.keep(demos.success)
     demo_experience.save(store / "demos.safetensors")
     explore.keep(torch.zeros(len(explore.tasks), dtype=torch.bool)).save(store / "explore.safetensors")
@@ -511,6 +566,8 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
         raise UnirlError("sail: one process for now (run without accelerate launch)")
     if config.filter not in FILTERS:
         raise UnirlError(f"filter: expected one of {list(FILTERS)}, got {config.filter!r}")
+    if config.where_labels not in WHERE_LABELS:
+        raise UnirlError(f"where_labels: expected one of {list(WHERE_LABELS)}, got {config.where_labels!r}")
     if config.iterations < 1:
         raise UnirlError(f"iterations: expected at least 1, got {config.iterations}")
     torch.manual_seed(config.seed)
@@ -554,6 +611,7 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
     all_transitions = [demos_all, Experience.load(store / "explore.safetensors")]
     judges = JudgeSet.load(store / "judge.safetensors")
     own = [Experience.load(store / f"iteration-{k}.safetensors") for k in range(1, start + 1)]
+    own_where = [JudgeSet.load(store / f"where-{k}.safetensors") for k in range(1, start + 1) if config.where_hint]
     all_transitions += own
     state = json.loads(state_file.read_text())
     state = {k: v[:start] for k, v in state.items()}  # what a crash after the last checkpoint left is redone
@@ -573,6 +631,9 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
                                 describe=describe)
         verdicts = self_judge(model, measured.final_frames, measured.tasks, config)
         metrics = success_metrics(measured, verdicts)
+        if config.where_hint:
+            metrics["where/accuracy"] = where_accuracy(model, env, rollout_tasks, eval_seed, config)
+            state.setdefault("where_accuracy_by_iteration", []).append(metrics["where/accuracy"])
         state.setdefault("success_by_iteration", []).append(metrics["success/unseen"])
         state.setdefault("judge_accuracy_by_iteration", []).append(metrics["judge/accuracy"])
         state.setdefault("success_by_task", []).append({t.name: metrics[f"success/{t.name}"] for t in unseen})
@@ -594,11 +655,15 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
         experience.save(store / f"iteration-{k}.safetensors")
         own.append(experience)
         all_transitions.append(experience)
+        if config.where_hint:
+            own_where.append(where_rows(episodes, kept))
+            own_where[-1].save(store / f"where-{k}.safetensors")
         kept_own = Experience.cat(own)
         kept_own = kept_own.select(kept_own.kept.nonzero().squeeze(-1))
         t1 = time.time()
         metrics |= train_planner(model, params, optimizer, config.finetune_steps, config.learning_rate, kept_demos,
-                                 kept_own, judges, config, seed, f"fine-tune {k}")
+                                 kept_own, judges, config, seed, f"fine-tune {k}",
+                                 JudgeSet.cat(own_where) if own_where else None)
         metrics |= train_idm(idm, Experience.cat(all_transitions), config.idm_steps, config, seed)
         metrics |= {"kept_transitions": len(kept_own), "time/learn": time.time() - t1}
         log.log(k, rounded(metrics))
