@@ -15,6 +15,7 @@ from unirl.recipes.sail import (
     Experience,
     JudgeSet,
     hint_in,
+    moved_words,
     planner_texts,
     run_episodes,
     scripted_policy,
@@ -159,6 +160,18 @@ def test_next_frame_logprobs_match_generation_and_depend_on_the_context(tiny_jan
         tiny_janus.generate_images(tasks, context_images=pixels)
 
 
+def test_moved_words_name_the_larger_axis_of_a_move():
+    actions = torch.tensor([[-0.9, 0.2], [0.3, 0.8], [0.6, -0.7], [0.1, 0.2], [0.9, 0.9]])
+    assert moved_words(actions) == ["left of", "below", "above", None, "right of"]
+    env = TableTop(distractors=(1, 1))  # the words mean what the table does: y grows downwards
+    env.reset(tabletop_tasks("train")[:1], seed=0)
+    env.robot[0], env.objects[0] = np.array([2, 2]), np.array([[2, 5], [5, 0]])
+    assert env.goal_relations() == [{"below"}]
+    action = torch.tensor([[0.0, 1.0]])
+    env.step(action)
+    assert moved_words(action) == ["below"] and env.robot[0].tolist() == [2, 3]  # one cell towards the goal
+
+
 def test_true_hints_point_where_the_expert_goes_and_kept_episodes_become_where_rows(tiny_janus):
     env = TableTop(image_size=tiny_janus.generation_image_size)
     tasks = tabletop_tasks("heldout") * 4
@@ -219,13 +232,17 @@ def test_one_tiny_sail_iteration_writes_summary_and_resumes(tmp_path):
     # the model's own answers, measures them, and keeps the kept episodes' answers as where rows.
     labelled = tmp_path / "labelled"
     assert main(["train", "configs/sail/toy.yaml", "--out", str(labelled), "iterations=1", *TINY,
-                 "where_hint=true", "where_labels=truth", "filter=self"]) == 0
+                 "where_hint=true", "where_labels=truth", "filter=self", "hindsight_hints=true"]) == 0
     demos = Experience.load(labelled / "experience" / "demos.safetensors")
     assert {hint_in(x, x.split(",")[0]) for x in demos.task} <= {"left of", "right of", "above", "below"}
     summary = json.loads((labelled / "sail_summary.json").read_text())
     assert len(summary["where_accuracy_by_iteration"]) == 2
     kept = Experience.load(labelled / "experience" / "iteration-1.safetensors")
-    assert len(JudgeSet.load(labelled / "experience" / "where-1.safetensors")) == int(kept.kept.sum())
+    where = JudgeSet.load(labelled / "experience" / "where-1.safetensors")
+    assert len(where) == int(kept.kept.sum())
+    # In hindsight, a kept transition's hint is the way it moved, in its text and its where row.
+    moved = [w for w, k in zip(moved_words(kept.actions), kept.kept.tolist()) if k]
+    assert [a for a, w in zip(where.answers, moved) if w is not None] == [w for w in moved if w is not None]
 
     # The other filter on the same warm-up: step 0 is reused, not rerun.
     other = tmp_path / "other"

@@ -77,6 +77,10 @@ class Config(PolicyConfig):
     after the task: "move the robot to the red star, left of the robot". The answers the
     planner read in kept episodes are trained beside its frames (the judge's rows), so the loop
     also improves the answers that steer it."""
+    hindsight_hints: bool = False
+    """With `where_hint`, rewrite each kept transition's hint as the way the robot then moved (its
+    action's larger axis): the planner then learns from texts its moves agree with, and the where
+    rows from where a successful episode's robot went, not from what it was told."""
     where_labels: str = "self"
     """With `where_hint`, what the warm-up's demonstrations read and its where rows teach: self
     (the model's own answers) or truth (the environment's relation; scripted demonstrations on
@@ -249,6 +253,29 @@ def hinted(task_text: str, answer: str) -> str:
 def hint_in(text: str, task_text: str) -> str:
     """The answer inside a `hinted` text."""
     return text[len(task_text) + 2:-len(" the robot")]
+
+
+def moved_words(actions: torch.Tensor) -> list[str | None]:
+    """The hint word for each action [N,2]: its larger axis's direction (x right, y down), None
+    when it moves along neither (|a| <= 0.5: the table-top's dead zone)."""
+    ax, ay = actions[:, 0].tolist(), actions[:, 1].tolist()
+    words = []
+    for x, y in zip(ax, ay):
+        if max(abs(x), abs(y)) <= 0.5:
+            words.append(None)
+        elif abs(x) >= abs(y):
+            words.append("left of" if x < 0 else "right of")
+        else:
+            words.append("above" if y < 0 else "below")
+    return words
+
+
+def relabel_hints(episodes: Episodes) -> None:
+    """`hindsight_hints`: each kept transition's hinted text, with the way it moved as the hint."""
+    words = moved_words(episodes.experience.actions)
+    for i, (e, kept, word) in enumerate(zip(episodes.episode.tolist(), episodes.experience.kept.tolist(), words)):
+        if kept and word is not None:
+            episodes.experience.task[i] = hinted(episodes.tasks[e].text, word)
 
 
 def planner_texts(model: UnifiedModel, config: Config, truth: RobotEnv | None = None, batch: int = 256) -> Describe:
@@ -652,6 +679,8 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
         metrics |= {"rollout/success": episodes.success.float().mean().item(), "kept": int(kept.sum()),
                     "time/rollout": time.time() - t0}
         experience = episodes.keep(kept)
+        if config.where_hint and config.hindsight_hints:
+            relabel_hints(episodes)
         experience.save(store / f"iteration-{k}.safetensors")
         own.append(experience)
         all_transitions.append(experience)
