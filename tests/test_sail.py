@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from modalities.image.shapes import Scene, SceneObject, render
 from modalities.robot.tabletop import HELDOUT, TableTop, tabletop_tasks
@@ -254,6 +255,33 @@ def test_one_tiny_sail_iteration_writes_summary_and_resumes(tmp_path):
     for name in ("demos", "explore", "judge"):
         assert (other / "experience" / f"{name}.safetensors").read_bytes() == \
             (run / "experience" / f"{name}.safetensors").read_bytes()
+
+
+def test_a_warm_up_alone_pretrains_a_planner_that_another_run_starts_from(tmp_path):
+    # iterations=0: the warm-up, one measurement, a checkpoint; its LR decays to warmup_lr_end.
+    planner = tmp_path / "planner"
+    assert main(["train", "configs/sail/planner.yaml", "--out", str(planner), *TINY, "planner_warmup_steps=3"]) == 0
+    assert len(json.loads((planner / "sail_summary.json").read_text())["success_by_iteration"]) == 1
+    state = torch.load(planner / "checkpoints" / "final" / "optimizer.pt", weights_only=True)
+    assert [g["lr"] for g in state["param_groups"]] == [pytest.approx(1e-4)]
+    # Exported as a plain float16 model folder (how assets/toy-sail-planner is made)...
+    shipped = tmp_path / "shipped"
+    assert main(["export", str(planner / "checkpoints" / "final"), "--out", str(shipped)]) == 0
+    assert not (shipped / "optimizer.pt").exists() and (shipped / "train_config.yaml").is_file()
+    with safe_open(str(shipped / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
+    # ...a run from it with planner_warmup_steps=0 collects demonstrations and trains its inverse
+    # dynamics model, and leaves the planner as loaded.
+    run = tmp_path / "run"
+    start = str(shipped)
+    assert main(["train", "configs/sail/toy.yaml", "--out", str(run), "iterations=1", *TINY, f"model={start}",
+                 "planner_warmup_steps=0"]) == 0
+    before, after = load_model(start), load_model(str(run / "checkpoints" / "step-0"))
+    assert all(torch.equal(a, b) for a, b in zip(before.module.state_dict().values(),
+                                                   after.module.state_dict().values()))
+    assert (run / "inverse_dynamics" / "step-0").is_dir() and (run / "experience" / "demos.safetensors").is_file()
 
 
 def test_sail_bad_input_is_one_clear_error(tmp_path, capsys):

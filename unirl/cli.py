@@ -149,6 +149,36 @@ def cmd_pretrain_toy(args: argparse.Namespace) -> None:
     print(f"toy model written to {out} (load it with load_model('{out}'))")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    """A checkpoint as a plain model folder: weights in `--dtype`, no optimiser or RNG state, and
+    export.json naming where it came from (the run's config.yaml, when there is one, beside it)."""
+    import json
+
+    import torch
+
+    from unirl.atomic import atomic_dir
+    from unirl.models import load_model
+    from unirl.specs import file_sha256
+
+    checkpoint = Path(args.checkpoint)
+    if not (checkpoint / "config.json").is_file() and not (checkpoint / "unirl_model.json").is_file():
+        raise UnirlError(f"{checkpoint}: expected a checkpoint folder (checkpoints/step-<n> of a run)")
+    if args.dtype not in ("float32", "float16", "bfloat16"):
+        raise UnirlError(f"--dtype: expected float32, float16 or bfloat16, got {args.dtype!r}")
+    model = load_model(str(checkpoint), device="cpu", dtype="float32")
+    run_config = checkpoint.parent.parent / "config.yaml"
+    with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
+        model.module.to(getattr(torch, args.dtype))
+        model.save_pretrained(tmp)
+        if run_config.is_file():
+            shutil.copyfile(run_config, tmp / "train_config.yaml")
+        (tmp / "export.json").write_text(json.dumps({
+            "source": str(checkpoint), "dtype": args.dtype,
+            "source_weights_sha256": file_sha256(checkpoint / "model.safetensors")
+            if (checkpoint / "model.safetensors").is_file() else None}, indent=1) + "\n")
+    print(f"model written to {args.out} (load it with load_model('{args.out}'))")
+
+
 def cmd_eval_summary(args: argparse.Namespace) -> None:
     from evaluators.geneval.summary import read_results, summarize
 
@@ -254,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write RUN_DIR/report.html (one self-contained page; works mid-run)")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (unirl train --out), or make demo's runs/demo")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("export", help="a checkpoint as a plain model folder (no optimiser state), e.g. to ship")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="RUN/checkpoints/step-<n> (or final)")
+    p.add_argument("--out", required=True, help="output model folder")
+    p.add_argument("--dtype", default="float16", help="float16 (default: half the size), bfloat16 or float32")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("pretrain-toy", help="rebuild the shipped toy model from scratch")
     p.add_argument("--out", required=True, help="output model folder")
     p.add_argument("--overwrite", action="store_true")

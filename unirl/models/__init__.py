@@ -2,6 +2,7 @@
 
 Specs:
   toy                      the shipped toy model (assets/toy-janus), offline
+  toy-planner              the toy pretrained as SAIL's table-top planner (assets/toy-sail-planner)
   janus-tiny               a random-init tiny Janus, for tests (seeded)
   showo-tiny               a random-init tiny Show-o, for tests (seeded)
   janus:PATH               an HF-format Janus / Janus-Pro folder (or a hub id where online)
@@ -19,9 +20,15 @@ import torch
 from unirl.errors import UnirlError
 from unirl.models.base import ImageRollout, Images, UnifiedModel, resolve_device_dtype
 
-__all__ = ["ImageRollout", "Images", "UnifiedModel", "load_model", "TOY_MODEL_DIR"]
+__all__ = ["ImageRollout", "Images", "UnifiedModel", "load_model", "TOY_MODEL_DIR", "TOY_PLANNER_DIR"]
 
 TOY_MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "toy-janus"
+TOY_PLANNER_DIR = Path(__file__).resolve().parents[2] / "assets" / "toy-sail-planner"
+SHIPPED = {  # spec: (folder, how to rebuild it)
+    "toy": (TOY_MODEL_DIR, "unirl pretrain-toy"),
+    "toy-planner": (TOY_PLANNER_DIR, "unirl train configs/sail/planner.yaml --out RUN, then "
+                                     "unirl export RUN/checkpoints/final --out assets/toy-sail-planner"),
+}
 
 
 def _backend_of_folder(path: Path) -> str:
@@ -50,10 +57,11 @@ def load_model(spec: str, device: str | torch.device | None = None, dtype: str |
         return janus.JanusModel(model, processor, spec=spec, device=dev, dtype=dt)
     if spec == "showo-tiny":
         return showo.build_tiny_showo(seed=0 if seed is None else seed, device=dev, dtype=dt, spec=spec)
-    if spec == "toy":
-        if not TOY_MODEL_DIR.is_dir():
-            raise UnirlError(f"{TOY_MODEL_DIR}: the toy model is not built yet (run `unirl pretrain-toy`)")
-        return janus.load_janus_folder(str(TOY_MODEL_DIR), spec, dev, dt)
+    if spec in SHIPPED:
+        folder, how = SHIPPED[spec]
+        if not folder.is_dir():
+            raise UnirlError(f"{folder}: the {spec} model is not built yet (run `{how}`)")
+        return janus.load_janus_folder(str(folder), spec, dev, dt)
     if spec.startswith("janus:"):
         path = spec.split(":", 1)[1]
         if not Path(path).is_dir() and (path.startswith((".", "/", "~")) or path.count("/") != 1):
@@ -69,5 +77,5 @@ def load_model(spec: str, device: str | torch.device | None = None, dtype: str |
         if backend == "showo":
             return showo.load_showo_folder(path, spec, dev, dt)
         raise UnirlError(f"{path}: backend {backend!r} is not available")
-    raise UnirlError(f"{spec}: not a model spec (toy, janus-tiny, showo-tiny, janus:PATH, showo:PATH) "
+    raise UnirlError(f"{spec}: not a model spec (toy, toy-planner, janus-tiny, showo-tiny, janus:PATH, showo:PATH) "
                      f"nor a model folder")

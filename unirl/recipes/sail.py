@@ -64,7 +64,9 @@ class Config(PolicyConfig):
     """Tasks the loop improves on and reports: never in the warm-up."""
     horizon: int = 6
     iterations: int = 3
-    """I: rounds of act → filter → fine-tune; success is measured I + 1 times."""
+    """I: rounds of act → filter → fine-tune; success is measured I + 1 times. 0 runs the warm-up
+    alone and measures it once: pretraining a planner to start other runs from (`model:` its
+    checkpoint, `planner_warmup_steps: 0`)."""
     rollouts_per_task: int = 12
     filter: str = "ground_truth"
     """Which episodes the planner learns from: ground_truth (the environment's success flag) or
@@ -101,8 +103,12 @@ class Config(PolicyConfig):
     explore_episodes: int = 128
     """Random-command episodes for the inverse dynamics model (every kind of move, blocked ones too)."""
     planner_warmup_steps: int = 800
+    """0 keeps the planner as loaded (one already pretrained on the seen tasks); the warm-up still
+    collects the demonstrations, the judge's rows and the inverse dynamics model."""
     warmup_lr: float = 1e-3
     """The warm-up teaches a new skill (frame in, frame out) and needs a larger step than fine-tuning."""
+    warmup_lr_end: float | None = None
+    """Where the warm-up's LR ends, decaying linearly from `warmup_lr` (None: constant)."""
     finetune_steps: int = 100
     batch_size: int = 32
     changed_weight: float = 0.0
@@ -428,19 +434,21 @@ def self_judge(model: UnifiedModel, frames: torch.Tensor, tasks: list[Task], con
 # ----------------------------------------------------------------------------- learning
 def train_planner(model: UnifiedModel, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
                   steps: int, lr: float, demos: Experience, own: Experience | None, judges: JudgeSet,
-                  config: Config, seed: int, desc: str, own_judges: JudgeSet | None = None) -> dict[str, float]:
+                  config: Config, seed: int, desc: str, own_judges: JudgeSet | None = None,
+                  lr_end: float | None = None) -> dict[str, float]:
     """Next-frame NLL on (task, frame t) → frame t+1 batches (a share `own_fraction` from the
     kept own episodes when there are any, the rest from seen-task demonstrations; `cfg_dropout`
     of the rows without their task text), plus `judge_weight` × the NLL of the judge's rows (the
-    same share from `own_judges`, the kept episodes' where rows, when there are any)."""
+    same share from `own_judges`, the kept episodes' where rows, when there are any). The LR goes
+    linearly from `lr` to `lr_end` (constant without it)."""
     generator = torch.Generator().manual_seed(seed)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
     n_own = round(config.batch_size * config.own_fraction) if own is not None and len(own) else 0
     has_own_judges = own_judges is not None and len(own_judges) > 0
     n_own_judges = round(config.judge_batch_size * config.own_fraction) if has_own_judges else 0
     losses, judge_losses = [], []
-    for _ in progress(range(steps), desc=desc, leave=False):
+    for step in progress(range(steps), desc=desc, leave=False):
+        for group in optimizer.param_groups:
+            group["lr"] = lr if lr_end is None else lr + (lr_end - lr) * step / max(1, steps - 1)
         parts = [demos.select(torch.randint(len(demos), (config.batch_size - n_own,), generator=generator))]
         if n_own:
             parts.append(own.select(torch.randint(len(own), (n_own,), generator=generator)))
@@ -522,7 +530,8 @@ def run_warmup(model: UnifiedModel, params: list[torch.nn.Parameter], optimizer:
                             config, base_seed)
     kept_demos = demo_experience.select(demo_experience.kept.nonzero().squeeze(-1))
     planner_metrics = train_planner(model, params, optimizer, config.planner_warmup_steps, config.warmup_lr,
-                                    kept_demos, None, judges, config, base_seed, "warm-up")
+                                    kept_demos, None, judges, config, base_seed, "warm-up",
+                                    lr_end=config.warmup_lr_end) if config.planner_warmup_steps > 0 else {}
     log.log(0, rounded({"demo/success": demos.success.float().mean().item(), "demo/transitions": len(demos.experience),
                         **{f"warmup/{k}": v for k, v in (idm_metrics | planner_metrics).items()},
                         "time/warmup": time.time() - t0}))
@@ -595,8 +604,8 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
         raise UnirlError(f"filter: expected one of {list(FILTERS)}, got {config.filter!r}")
     if config.where_labels not in WHERE_LABELS:
         raise UnirlError(f"where_labels: expected one of {list(WHERE_LABELS)}, got {config.where_labels!r}")
-    if config.iterations < 1:
-        raise UnirlError(f"iterations: expected at least 1, got {config.iterations}")
+    if config.iterations < 0:
+        raise UnirlError(f"iterations: expected 0 (the warm-up alone) or more, got {config.iterations}")
     torch.manual_seed(config.seed)
     warmup = Path(config.warmup_from) / "checkpoints" / "step-0" if config.warmup_from and resume_from is None else None
     if warmup is not None and not warmup.is_dir():
