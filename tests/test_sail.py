@@ -9,17 +9,19 @@ from modalities.image.shapes import Scene, SceneObject, render
 from modalities.robot.tabletop import HELDOUT, TableTop, tabletop_tasks
 from unirl.cli import main
 from unirl.errors import UnirlError
-from unirl.models import load_model
+from unirl.models import TOY_PLANNER_DIR, load_model
 from unirl.models.inverse_dynamics import InverseDynamics, InverseDynamicsConfig, fit
 from unirl.recipes.sail import (
     Config,
     Experience,
     JudgeSet,
     hint_in,
+    hinted,
     moved_words,
     planner_texts,
     run_episodes,
     scripted_policy,
+    where_answers,
     where_rows,
 )
 
@@ -191,6 +193,41 @@ def test_true_hints_point_where_the_expert_goes_and_kept_episodes_become_where_r
     assert rows.questions == [tasks[e].locate for e in episodes.episode[mine].tolist()]
     assert rows.answers == [hint_in(x, tasks[e].text) for x, e in
                             zip(episodes.experience.task, episodes.episode.tolist()) if kept[e]]
+
+
+def test_sampled_hints_are_seeded_and_explore_beyond_the_greedy_answer(tiny_janus):
+    env = TableTop(image_size=tiny_janus.generation_image_size)
+    tasks = tabletop_tasks("heldout") * 2
+    frames = env.reset(tasks, 0)
+    config = Config(where_hint=True)
+    greedy = planner_texts(tiny_janus, config)(frames, tasks)
+    assert greedy == planner_texts(tiny_janus, config)(frames, tasks)
+    sampled = planner_texts(tiny_janus, config, temperature=1.0, seed=3)
+    first, second = sampled(frames, tasks), sampled(frames, tasks)  # a new seed on every call
+    assert first != greedy and first != second
+    assert first == planner_texts(tiny_janus, config, temperature=1.0, seed=3)(frames, tasks)
+
+
+@pytest.mark.skipif(not TOY_PLANNER_DIR.is_dir(), reason="the pretrained planner is not shipped")
+def test_the_shipped_planner_knows_where_unseen_goals_are_and_follows_its_hint():
+    planner = load_model("toy-planner", device="cpu", dtype="float32")
+    env = TableTop(image_size=planner.generation_image_size)
+    tasks = tabletop_tasks("heldout") * 8  # 72 layouts of tasks its pretraining never had as goals
+    frames = env.reset(tasks, 7)
+    truth = env.goal_relations()
+    answers = where_answers(planner, frames, tasks, Config(where_hint=True))
+    right = np.mean([a in r for a, r in zip(answers, truth)])
+    assert right >= 0.5, right  # one of four words: about 0.3 by chance
+    # The expert's next frames are likelier under the true hint than under the opposite one.
+    tokens = planner.encode_images(frames)
+    next_tokens = planner.encode_images(env.step(env.expert_actions(np.random.default_rng(0))).observation)
+    opposite = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+    hints = [min(r) for r in truth]
+    with torch.no_grad():
+        true, flipped = (planner.image_token_logprobs([hinted(t.text, h) for t, h in zip(tasks, words)], next_tokens,
+                                                      guidance=1.0, context_tokens=tokens).sum(-1)
+                         for words in (hints, [opposite[h] for h in hints]))
+    assert (true > flipped).float().mean() >= 0.8, (true - flipped)
 
 
 # ----------------------------------------------------------------------------- the loop

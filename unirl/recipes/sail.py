@@ -8,7 +8,10 @@ A run, top to bottom (see `train`):
 0. warm-up, the in-domain pretraining SAIL starts from: scripted demonstrations (a noisy expert)
    on the *seen* tasks only. The planner learns next-frame prediction on the successful ones and
    the self-judge learns "Is the robot next to the …?" on their frames; the inverse dynamics
-   model learns from every transition, random-command episodes included.
+   model learns from every transition, random-command episodes included. A planner pretrained
+   that way once (a run with `iterations: 0`, configs/sail/planner.yaml; shipped as toy-planner)
+   is the `model` of configs/sail/toy.yaml, whose warm-up then keeps it as it is
+   (`planner_warmup_steps: 0`) and only collects demonstrations and trains the IDM.
 1..I. each iteration, on the *unseen* tasks: success per task is measured on fixed evaluation
    layouts (the same every iteration, `rollouts_per_task` per task); then as many episodes of
    plan → act on fresh layouts; the filter keeps successful ones (by the environment's ground
@@ -79,6 +82,10 @@ class Config(PolicyConfig):
     after the task: "move the robot to the red star, left of the robot". The answers the
     planner read in kept episodes are trained beside its frames (the judge's rows), so the loop
     also improves the answers that steer it."""
+    where_temperature: float = 0.0
+    """With `where_hint`, the loop's learning episodes sample the planner's answers at this
+    temperature (0: greedy, as every measurement is): an answer it would not give greedily gets
+    tried, and where it led to a success its where row teaches it."""
     hindsight_hints: bool = False
     """With `where_hint`, rewrite each kept transition's hint as the way the robot then moved (its
     action's larger axis): the planner then learns from texts its moves agree with, and the where
@@ -284,18 +291,21 @@ def relabel_hints(episodes: Episodes) -> None:
             episodes.experience.task[i] = hinted(episodes.tasks[e].text, word)
 
 
-def planner_texts(model: UnifiedModel, config: Config, truth: RobotEnv | None = None, batch: int = 256) -> Describe:
-    """What the planner reads with each frame: the task, and with `where_hint` its own greedy
-    answer to the task's `locate` question about that frame (one batched pass per `batch` frames),
-    or with `truth` the environment's relation (the first in alphabetical order on a diagonal)."""
+def planner_texts(model: UnifiedModel, config: Config, truth: RobotEnv | None = None, batch: int = 256,
+                  temperature: float = 0.0, seed: int = 0) -> Describe:
+    """What the planner reads with each frame: the task, and with `where_hint` its own answer to
+    the task's `locate` question about that frame (greedy, or sampled at `temperature` with a seed
+    that changes every call; one batched pass per `batch` frames), or with `truth` the
+    environment's relation (the first in alphabetical order on a diagonal)."""
     if not config.where_hint:
         return task_texts
+    calls = iter(range(1 << 62))
 
     def describe(frames: torch.Tensor, tasks: list[Task]) -> list[str]:
         if truth is not None:
             answers = [min(r) for r in truth.goal_relations()]
         else:
-            answers = where_answers(model, frames, tasks, config, batch)
+            answers = where_answers(model, frames, tasks, config, batch, temperature, seed + 7919 * next(calls))
         return [hinted(t.text, a) for t, a in zip(tasks, answers)]
 
     return describe
@@ -303,15 +313,16 @@ def planner_texts(model: UnifiedModel, config: Config, truth: RobotEnv | None = 
 
 @torch.no_grad()
 def where_answers(model: UnifiedModel, frames: torch.Tensor, tasks: list[Task], config: Config,
-                  batch: int = 256) -> list[str]:
-    """The model's greedy answers to each task's `locate` question about its frame."""
+                  batch: int = 256, temperature: float = 0.0, seed: int = 0) -> list[str]:
+    """The model's answers to each task's `locate` question about its frame (greedy at temperature 0)."""
     if any(not t.locate for t in tasks):
         raise UnirlError(f"where_hint: task {next(t.name for t in tasks if not t.locate)!r} has no locate question")
     answers: list[str] = []
     for i in range(0, len(tasks), batch):
         with autocast(config, model):
-            answers += model.answer(as_float(frames[i:i + batch]).to(model.device),
-                                    [t.locate for t in tasks[i:i + batch]], max_new_tokens=4)
+            answers += model.sample_answers(as_float(frames[i:i + batch]).to(model.device),
+                                            [t.locate for t in tasks[i:i + batch]], temperature=temperature,
+                                            seed=seed + i, max_new_tokens=4).texts
     return [a.strip() for a in answers]
 
 
@@ -680,8 +691,9 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
             log.log(k, rounded(metrics | {"time/rollout": time.time() - t0}))
             break
         seed = base_seed + 7919 * k
+        explore = planner_texts(model, config, temperature=config.where_temperature, seed=seed)
         episodes = run_episodes(env, model, rollout_tasks, seed,
-                                planner_policy(model, idm, env, seed, config), describe=describe)
+                                planner_policy(model, idm, env, seed, config), describe=explore)
         kept = episodes.success if config.filter == "ground_truth" else self_judge(
             model, episodes.final_frames, episodes.tasks, config)
         state.setdefault("kept_by_iteration", []).append(int(kept.sum()))
