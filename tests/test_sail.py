@@ -18,7 +18,9 @@ from unirl.recipes.sail import (
     hint_in,
     hinted,
     moved_words,
+    moves_to_end,
     planner_texts,
+    relabel_hints,
     run_episodes,
     scripted_policy,
     where_answers,
@@ -175,6 +177,13 @@ def test_moved_words_name_the_larger_axis_of_a_move():
     assert moved_words(action) == ["below"] and env.robot[0].tolist() == [2, 3]  # one cell towards the goal
 
 
+def test_moves_to_end_sum_each_episodes_remaining_moves():
+    actions = torch.tensor([[-0.9, -0.8], [0.2, -0.7], [0.9, 0.1], [-0.7, 0.0]])  # episodes 0, 1, 0, 0 in step order
+    total = moves_to_end(actions, torch.tensor([0, 1, 0, 0]))
+    assert total.tolist() == [[-1, -1], [0, -1], [0, 0], [-1, 0]]
+    assert moved_words(total) == ["left of", "above", None, "left of"]
+
+
 def test_true_hints_point_where_the_expert_goes_and_kept_episodes_become_where_rows(tiny_janus):
     env = TableTop(image_size=tiny_janus.generation_image_size)
     tasks = tabletop_tasks("heldout") * 4
@@ -193,6 +202,12 @@ def test_true_hints_point_where_the_expert_goes_and_kept_episodes_become_where_r
     assert rows.questions == [tasks[e].locate for e in episodes.episode[mine].tolist()]
     assert rows.answers == [hint_in(x, tasks[e].text) for x, e in
                             zip(episodes.experience.task, episodes.episode.tolist()) if kept[e]]
+    # In hindsight, to the episode's end: a kept transition's hint is where the robot went from there.
+    episodes.keep(kept)
+    relabel_hints(episodes, to_end=True)
+    went = moved_words(moves_to_end(episodes.experience.actions, episodes.episode))
+    assert [hint_in(x, tasks[e].text) for x, e, w in zip(episodes.experience.task, episodes.episode.tolist(), went)
+            if kept[e] and w is not None] == [w for w, e in zip(went, episodes.episode.tolist()) if kept[e] and w]
 
 
 def test_sampled_hints_are_seeded_and_explore_beyond_the_greedy_answer(tiny_janus):

@@ -90,6 +90,10 @@ class Config(PolicyConfig):
     """With `where_hint`, rewrite each kept transition's hint as the way the robot then moved (its
     action's larger axis): the planner then learns from texts its moves agree with, and the where
     rows from where a successful episode's robot went, not from what it was told."""
+    hindsight_to_end: bool = False
+    """With `hindsight_hints`, the hint is the way the robot went from that frame to the episode's
+    end (its summed moves' larger axis): in a success, about where the goal was, which one move
+    (often a diagonal) says less well."""
     where_labels: str = "self"
     """With `where_hint`, what the warm-up's demonstrations read and its where rows teach: self
     (the model's own answers) or truth (the environment's relation; scripted demonstrations on
@@ -283,9 +287,23 @@ def moved_words(actions: torch.Tensor) -> list[str | None]:
     return words
 
 
-def relabel_hints(episodes: Episodes) -> None:
-    """`hindsight_hints`: each kept transition's hinted text, with the way it moved as the hint."""
-    words = moved_words(episodes.experience.actions)
+def moves_to_end(actions: torch.Tensor, episode: torch.Tensor) -> torch.Tensor:
+    """Each transition's commanded cell moves [N,2] (rounded, as the table-top applies them) summed
+    from it to its episode's end: where the robot went from there. Transitions are in step order."""
+    moves = actions.float().clamp(-1, 1).round()
+    total, so_far = torch.zeros_like(moves), {}
+    for i in reversed(range(len(moves))):
+        e = int(episode[i])
+        so_far[e] = so_far.get(e, 0) + moves[i]
+        total[i] = so_far[e]
+    return total
+
+
+def relabel_hints(episodes: Episodes, to_end: bool = False) -> None:
+    """`hindsight_hints`: each kept transition's hinted text, with the way it moved as the hint
+    (`to_end`: the way it went from there to the episode's end)."""
+    actions = episodes.experience.actions
+    words = moved_words(moves_to_end(actions, episodes.episode) if to_end else actions)
     for i, (e, kept, word) in enumerate(zip(episodes.episode.tolist(), episodes.experience.kept.tolist(), words)):
         if kept and word is not None:
             episodes.experience.task[i] = hinted(episodes.tasks[e].text, word)
@@ -701,7 +719,7 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
                     "time/rollout": time.time() - t0}
         experience = episodes.keep(kept)
         if config.where_hint and config.hindsight_hints:
-            relabel_hints(episodes)
+            relabel_hints(episodes, to_end=config.hindsight_to_end)
         experience.save(store / f"iteration-{k}.safetensors")
         own.append(experience)
         all_transitions.append(experience)
