@@ -28,6 +28,7 @@ beside them hold the rest, so a run resumes at the iteration it stopped in.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -317,7 +318,7 @@ def planner_texts(model: UnifiedModel, config: Config, truth: RobotEnv | None = 
     environment's relation (the first in alphabetical order on a diagonal)."""
     if not config.where_hint:
         return task_texts
-    calls = iter(range(1 << 62))
+    calls = itertools.count()
 
     def describe(frames: torch.Tensor, tasks: list[Task]) -> list[str]:
         if truth is not None:
