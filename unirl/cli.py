@@ -161,11 +161,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from unirl.specs import file_sha256
 
     checkpoint = Path(args.checkpoint)
-    if not (checkpoint / "config.json").is_file() and not (checkpoint / "unirl_model.json").is_file():
-        raise UnirlError(f"{checkpoint}: expected a checkpoint folder (checkpoints/step-<n> of a run)")
-    if args.dtype not in ("float32", "float16", "bfloat16"):
-        raise UnirlError(f"--dtype: expected float32, float16 or bfloat16, got {args.dtype!r}")
-    model = load_model(str(checkpoint), device="cpu", dtype="float32")
+    model = load_model(str(checkpoint), device="cpu", dtype="float32")  # a folder that is no model: one line
     run_config = checkpoint.parent.parent / "config.yaml"
     with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
         model.module.to(getattr(torch, args.dtype))
@@ -287,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="a checkpoint as a plain model folder (no optimiser state), e.g. to ship")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="RUN/checkpoints/step-<n> (or final)")
     p.add_argument("--out", required=True, help="output model folder")
-    p.add_argument("--dtype", default="float16", help="float16 (default: half the size), bfloat16 or float32")
+    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"],
+                   help="float16 (default: half the size), bfloat16 or float32")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("pretrain-toy", help="rebuild the shipped toy model from scratch")

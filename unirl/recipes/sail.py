@@ -292,12 +292,9 @@ def moves_to_end(actions: torch.Tensor, episode: torch.Tensor) -> torch.Tensor:
     """Each transition's commanded cell moves [N,2] (rounded, as the table-top applies them) summed
     from it to its episode's end: where the robot went from there. Transitions are in step order."""
     moves = actions.float().clamp(-1, 1).round()
-    total, so_far = torch.zeros_like(moves), {}
-    for i in reversed(range(len(moves))):
-        e = int(episode[i])
-        so_far[e] = so_far.get(e, 0) + moves[i]
-        total[i] = so_far[e]
-    return total
+    order = torch.arange(len(moves))
+    from_here = (episode[None, :] == episode[:, None]) & (order[None, :] >= order[:, None])  # [N,N]
+    return from_here.float() @ moves
 
 
 def relabel_hints(episodes: Episodes, to_end: bool = False) -> None:
