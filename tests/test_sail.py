@@ -6,7 +6,7 @@ import torch
 from safetensors import safe_open
 
 from modalities.image.shapes import Scene, SceneObject, render
-from modalities.robot.tabletop import HELDOUT, TableTop, tabletop_tasks
+from modalities.robot.tabletop import CELL_INDEX, HELDOUT, TableTop, corner_cells, tabletop_tasks
 from unirl.cli import main
 from unirl.errors import UnirlError
 from unirl.models import TOY_PLANNER_DIR, load_model
@@ -89,6 +89,31 @@ def test_tabletop_splits_are_disjoint_and_distractors_differ_from_the_target():
     assert all(v[0] not in v[1:] and len(set(v)) == len(v) for v in env.variants)
     with pytest.raises(UnirlError, match="split"):
         tabletop_tasks("test")
+
+
+def test_corner_tasks_succeed_in_the_corner_and_fail_on_a_touch():
+    corners = tabletop_tasks("corners")
+    assert [t.text for t in corners][0] == "move the robot to the top left corner" and len(corners) == 4
+    env = TableTop(distractors=(1, 1))
+    env.reset(corners * 25, seed=0)
+    assert all(not corner_cells(c)[CELL_INDEX[tuple(r.tolist())]] for c, r in zip(env.corners, env.robot))
+    env.reset(corners[:2], seed=0)  # top left, top right
+    env.robot[0], env.objects[0] = np.array([3, 3]), np.array([[5, 0]])
+    env.robot[1], env.objects[1] = np.array([4, 4]), np.array([[2, 5]])
+    assert env.goal_relations() == [{"left of", "above"}, {"above"}]  # each side all the corner's cells lie on
+    step = env.step(torch.tensor([[-1.0, -1.0], [-1.0, 1.0]]))  # into the top left corner; next to the object
+    assert step.info["success"].tolist() == [True, False] and step.terminated.tolist() == [True, True]
+
+
+def test_corner_expert_succeeds_and_random_commands_mostly_do_not():
+    env = TableTop()
+    for noise, bound in ((0.0, 0.9), (1.0, 0.3)):
+        env.reset(tabletop_tasks("corners") * 25, seed=5)
+        rng = np.random.default_rng(0)
+        for _ in range(env.horizon):
+            step = env.step(env.expert_actions(rng, noise))
+        rate = step.info["success"].float().mean()
+        assert rate >= bound if noise == 0 else rate <= bound
 
 
 def test_retarget_keeps_the_frame_and_gives_another_seen_object_as_the_goal():
@@ -285,9 +310,14 @@ def test_one_tiny_sail_iteration_writes_summary_and_resumes(tmp_path):
     # the model's own answers, measures them, and keeps the kept episodes' answers as where rows.
     labelled = tmp_path / "labelled"
     assert main(["train", "configs/sail/toy.yaml", "--out", str(labelled), "iterations=1", *TINY,
-                 "where_hint=true", "where_labels=truth", "filter=self", "hindsight_hints=true"]) == 0
+                 "where_hint=true", "where_labels=truth", "filter=self", "hindsight_hints=true",
+                 "hindsight_demos=true"]) == 0
     demos = Experience.load(labelled / "experience" / "demos.safetensors")
     assert {hint_in(x, x.split(",")[0]) for x in demos.task} <= {"left of", "right of", "above", "below"}
+    # hindsight_demos: what the planner learns from a successful demonstration reads the way it moved.
+    hints = [(hint_in(x, x.split(",")[0]), w) for x, w, k in zip(demos.task, moved_words(demos.actions),
+                                                                   demos.kept.tolist()) if k and w is not None]
+    assert hints and all(h == w for h, w in hints)
     summary = json.loads((labelled / "sail_summary.json").read_text())
     assert len(summary["where_accuracy_by_iteration"]) == 2
     kept = Experience.load(labelled / "experience" / "iteration-1.safetensors")

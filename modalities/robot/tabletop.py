@@ -13,6 +13,12 @@ them (each colour once) out of the training split: a held-out object may stand o
 training episode, as a distractor, but is never the goal there (what is unseen is the task, not
 the object: a planner that has never drawn an object cannot copy it into a frame). Distractors
 share the target's colour or shape two times in three, so the robot must read both words.
+A second kind of task names a place instead of an object: "move the robot to the top left
+corner", a success once the robot stands in that corner's 3x3 cells (touching an object first
+ends it as a failure). The `corners` split holds the four; no split of objects ever has them as
+goals, so they are new to a planner pretrained on objects, in what the words ask and in where
+its understanding path should say the goal is.
+
 Layouts are drawn on the host from a seed (a few integers each); frames are rendered for all
 episodes in one batched call."""
 
@@ -35,6 +41,8 @@ HELDOUT = [(c, SHAPES[(2 * i + 1) % len(SHAPES)]) for i, c in enumerate(OBJECT_C
 MOVES = [(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 CELLS = np.stack(np.meshgrid(np.arange(GRID), np.arange(GRID), indexing="xy"), -1).reshape(-1, 2)  # [36, (x, y)]
 CELL_INDEX = {tuple(c): j for j, c in enumerate(CELLS.tolist())}
+CORNERS = {"top left": (0, 0), "top right": (1, 0), "bottom left": (0, 1), "bottom right": (1, 1)}  # (right, bottom)
+SPLITS = ("train", "heldout", "corners")
 
 
 def task_for(color: str, shape: str) -> Task:
@@ -43,19 +51,43 @@ def task_for(color: str, shape: str) -> Task:
                 locate=f"Where is the {color} {shape} relative to the circle?")
 
 
+def corner_task(corner: str) -> Task:
+    return Task(name=f"corner_{corner.replace(' ', '_')}", text=f"move the robot to the {corner} corner",
+                question=f"Is the robot in the {corner} corner?",
+                locate=f"Where is the {corner} corner relative to the circle?")
+
+
 def tabletop_tasks(split: str) -> list[Task]:
-    """The task variants of a split: train (63) or heldout (9)."""
-    if split not in ("train", "heldout"):
-        raise UnirlError(f"tabletop tasks: split expected 'train' or 'heldout', got {split!r}")
+    """The task variants of a split: train (63 objects), heldout (9 objects) or corners (4 places)."""
+    if split not in SPLITS:
+        raise UnirlError(f"tabletop tasks: split expected one of {list(SPLITS)}, got {split!r}")
+    if split == "corners":
+        return [corner_task(c) for c in CORNERS]
     chosen = HELDOUT if split == "heldout" else [v for v in VARIANTS if v not in HELDOUT]
     return [task_for(c, s) for c, s in chosen]
 
 
-def _variant(task: Task) -> tuple[str, str]:
+def _corner(task: Task) -> tuple[int, int] | None:
+    """The (right, bottom) flags of a corner task; None for an object task."""
+    return CORNERS.get(task.name.removeprefix("corner_").replace("_", " ")) if task.name.startswith("corner_") else None
+
+
+def _variant(task: Task) -> tuple[str, str] | None:
+    """The (colour, shape) an object task names; None for a corner task."""
+    if _corner(task) is not None:
+        return None
     color, _, shape = task.name.partition("_")
     if (color, shape) not in VARIANTS:
-        raise UnirlError(f"tabletop: task {task.name!r} is not a table-top variant (colour_shape)")
+        raise UnirlError(f"tabletop: task {task.name!r} is not a table-top variant (colour_shape or corner_*)")
     return color, shape
+
+
+def corner_cells(corner: tuple[int, int] | None) -> np.ndarray:
+    """[36] bool: the cells of a corner (the 3x3 quarter of the table); all False for None."""
+    if corner is None:
+        return np.zeros(len(CELLS), dtype=bool)
+    half = GRID // 2
+    return ((CELLS[:, 0] >= half) == bool(corner[0])) & ((CELLS[:, 1] >= half) == bool(corner[1]))
 
 
 def chebyshev(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -76,9 +108,13 @@ class TableTop(RobotEnv):
 
     # --------------------------------------------------------------------- layouts
     def _layout(self, task: Task, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
-        """Robot cell [2], object cells [K,2] (the target first) and object variants [K]."""
-        color, shape = _variant(task)
+        """Robot cell [2], object cells [K,2] (the target first) and object variants [K]. A corner
+        task's objects are all distractors, outside the corner, and its robot starts 2 cells from it."""
+        variant = _variant(task)
         k = int(rng.integers(self.distractors[0], self.distractors[1] + 1))
+        if variant is None:
+            return self._corner_layout(_corner(task), k, rng)
+        color, shape = variant
         variants = [(color, shape)]
         while len(variants) < 1 + k:
             kind = rng.integers(3)
@@ -94,6 +130,20 @@ class TableTop(RobotEnv):
                 return robot, objects, variants
         raise UnirlError("tabletop: could not place the objects (grid too small)")
 
+    @staticmethod
+    def _corner_layout(corner: tuple[int, int], k: int,
+                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+        region = CELLS[corner_cells(corner)]
+        variants = [VARIANTS[i] for i in rng.choice(len(VARIANTS), size=k, replace=False)]
+        for _ in range(1000):
+            cells = rng.integers(0, GRID, size=(1 + k, 2))
+            robot, objects = cells[0], cells[1:]
+            far = all(chebyshev(objects[i], objects[j]) >= 3 for i in range(k) for j in range(i))
+            outside = (chebyshev(region[:, None], objects[None]) >= 1).all()
+            if far and outside and (chebyshev(objects, robot) >= 2).all() and chebyshev(region, robot).min() >= 2:
+                return robot, objects, variants
+        raise UnirlError("tabletop: could not place the objects (grid too small)")
+
     def reset(self, tasks: list[Task], seed: int) -> torch.Tensor:
         if not tasks:
             raise UnirlError("tabletop: reset needs at least one task")
@@ -103,6 +153,7 @@ class TableTop(RobotEnv):
         self.robot = np.stack([r for r, _, _ in layouts])
         self.objects = [o for _, o, _ in layouts]
         self.variants = [v for _, _, v in layouts]
+        self.corners = [_corner(t) for t in tasks]
         n = len(tasks)
         self.t = 0
         self.done = np.zeros(n, dtype=bool)
@@ -114,6 +165,8 @@ class TableTop(RobotEnv):
             raise UnirlError("tabletop: retarget episodes right after reset, before any step")
         names = {t.name for t in allowed}
         for i, variants in enumerate(self.variants):
+            if self.corners[i] is not None:
+                continue
             other = next((k for k in range(1, len(variants)) if "_".join(variants[k]) in names), None)
             if other is not None:  # the goal is the first object: swap roles, not places
                 order = [other] + [k for k in range(len(variants)) if k != other]
@@ -130,7 +183,10 @@ class TableTop(RobotEnv):
             if not (self.objects[i] == new).all(-1).any():  # an object's cell blocks the robot
                 self.robot[i] = new
             touching = chebyshev(self.objects[i], self.robot[i]) <= 1
-            if touching.any():
+            if self.corners[i] is not None:  # in the corner first: a success; else any touch ends it
+                self.success[i] = bool(corner_cells(self.corners[i])[CELL_INDEX[tuple(self.robot[i].tolist())]])
+                terminated[i] = self.success[i] or bool(touching.any())
+            elif touching.any():
                 terminated[i] = True
                 self.success[i] = bool(touching[0]) and not touching[1:].any()
         self.t += 1
@@ -142,9 +198,15 @@ class TableTop(RobotEnv):
                     {"success": torch.from_numpy(self.success.copy())})
 
     def goal_relations(self) -> list[set[str]]:
+        """An object's relation is its larger axis (both on a diagonal); a corner's, every side
+        that all its cells lie on."""
         relations = []
         for i in np.flatnonzero(~self.done):
-            dx, dy = (self.objects[i][0] - self.robot[i]).tolist()  # y grows downwards
+            if self.corners[i] is None:
+                dx, dy = (self.objects[i][0] - self.robot[i]).tolist()  # y grows downwards
+            else:
+                sides = np.sign(CELLS[corner_cells(self.corners[i])] - self.robot[i])  # [9,2]
+                dx, dy = (int(side[0]) if (side == side[0]).all() else 0 for side in sides.T)
             words = set()
             if dx and abs(dx) >= abs(dy):
                 words.add("left of" if dx < 0 else "right of")
@@ -173,15 +235,19 @@ class TableTop(RobotEnv):
         for i in np.flatnonzero(~self.done):
             if rng.random() < noise:
                 continue
-            move = self._first_move(self.robot[i], self.objects[i])
+            move = self._first_move(self.robot[i], self.objects[i], self.corners[i])
             actions[i] = np.array(move) * rng.uniform(0.6, 1.0, size=2)
         return torch.tensor(actions, dtype=torch.float32)
 
     @staticmethod
-    def _first_move(robot: np.ndarray, objects: np.ndarray) -> tuple[int, int]:
+    def _first_move(robot: np.ndarray, objects: np.ndarray, corner: tuple[int, int] | None = None) -> tuple[int, int]:
         near = np.stack([chebyshev(CELLS, o) for o in objects])  # [K, cells]
-        free = (near[1:] >= 2).all(0) & (near > 0).all(0)  # off every object, touching no distractor
-        goal = free & (near[0] == 1)
+        if corner is None:
+            free = (near[1:] >= 2).all(0) & (near > 0).all(0)  # off every object, touching no distractor
+            goal = free & (near[0] == 1)
+        else:
+            free = (near >= 2).all(0)
+            goal = free & corner_cells(corner)
         first: dict[tuple[int, int], tuple[int, int] | None] = {tuple(robot): None}
         queue = deque([tuple(robot)])
         while queue:
@@ -193,5 +259,6 @@ class TableTop(RobotEnv):
                 if nxt in CELL_INDEX and nxt not in first and free[CELL_INDEX[nxt]]:
                     first[nxt] = first[cur] or (dx, dy)
                     queue.append(nxt)
-        target = objects[0] - robot  # no clean path: head for the target anyway
+        goal_cell = objects[0] if corner is None else CELLS[corner_cells(corner)].mean(0)
+        target = goal_cell - robot  # no clean path: head for the goal anyway
         return int(np.sign(target[0])), int(np.sign(target[1]))

@@ -62,7 +62,7 @@ class Config(PolicyConfig):
     env: str = "tabletop"
     """tabletop (the project's toy, runs on a CPU) or metaworld (needs `pip install metaworld`)."""
     seen_tasks: str = "train"
-    """Tasks of the warm-up's demonstrations: a tabletop split (train, heldout) or MetaWorld task
+    """Tasks of the warm-up's demonstrations: a tabletop split (train, heldout, corners) or MetaWorld task
     names, comma-separated."""
     unseen_tasks: str = "heldout"
     """Tasks the loop improves on and reports: never in the warm-up."""
@@ -99,6 +99,11 @@ class Config(PolicyConfig):
     """With `where_hint`, what the warm-up's demonstrations read and its where rows teach: self
     (the model's own answers) or truth (the environment's relation; scripted demonstrations on
     seen tasks know it, as they know the expert's moves). The loop always reads the model's own."""
+    hindsight_demos: bool = False
+    """With `where_hint`, the warm-up's demonstrations are read by the planner with the way the
+    robot then moved as their hint (what `hindsight_hints` does to kept episodes), so it learns to
+    draw the move its hint names, even where a noisy or detouring expert did something else; the
+    where rows still teach the `where_labels` answers."""
     vision_context: bool = False
     """Also show frame t to the planner through the vision tower (the understanding path, which
     already knows where each named object is), before the task text; frame t's image tokens
@@ -549,6 +554,8 @@ def run_warmup(model: UnifiedModel, params: list[torch.nn.Parameter], optimizer:
         pick = torch.randperm(len(where), generator=torch.Generator().manual_seed(base_seed))[:len(judges)]
         judges = JudgeSet.cat([judges, where.select(pick)])
     demo_experience = demos.keep(demos.success)
+    if config.where_hint and config.hindsight_demos:
+        relabel_hints(demos)
     demo_experience.save(store / "demos.safetensors")
     explore.keep(torch.zeros(len(explore.tasks), dtype=torch.bool)).save(store / "explore.safetensors")
     judges.save(store / "judge.safetensors")
