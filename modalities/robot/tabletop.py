@@ -82,10 +82,8 @@ def _variant(task: Task) -> tuple[str, str] | None:
     return color, shape
 
 
-def corner_cells(corner: tuple[int, int] | None) -> np.ndarray:
-    """[36] bool: the cells of a corner (the 3x3 quarter of the table); all False for None."""
-    if corner is None:
-        return np.zeros(len(CELLS), dtype=bool)
+def corner_cells(corner: tuple[int, int]) -> np.ndarray:
+    """[36] bool: the cells of a corner, (right, bottom) flags: its 3x3 quarter of the table."""
     half = GRID // 2
     return ((CELLS[:, 0] >= half) == bool(corner[0])) & ((CELLS[:, 1] >= half) == bool(corner[1]))
 
@@ -246,7 +244,7 @@ class TableTop(RobotEnv):
             free = (near[1:] >= 2).all(0) & (near > 0).all(0)  # off every object, touching no distractor
             goal = free & (near[0] == 1)
         else:
-            free = (near >= 2).all(0)
+            free = (near >= 2).all(0)  # touching no object: every one is a distractor here
             goal = free & corner_cells(corner)
         first: dict[tuple[int, int], tuple[int, int] | None] = {tuple(robot): None}
         queue = deque([tuple(robot)])
