@@ -92,6 +92,21 @@ def chebyshev(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.abs(a - b).max(-1)
 
 
+def _place(n_objects: int, rng: np.random.Generator, region: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Robot cell [2] and object cells [n,2]: objects 3 cells apart (each has free cells to
+    approach from), the robot 2 from all; with a goal `region` [M,2], objects off it and the
+    robot 2 cells from it."""
+    for _ in range(1000):
+        cells = rng.integers(0, GRID, size=(1 + n_objects, 2))
+        robot, objects = cells[0], cells[1:]
+        far = all(chebyshev(objects[i], objects[j]) >= 3 for i in range(n_objects) for j in range(i))
+        clear = region is None or ((chebyshev(region[:, None], objects[None]) >= 1).all()
+                                   and chebyshev(region, robot).min() >= 2)
+        if far and clear and (chebyshev(objects, robot) >= 2).all():
+            return robot, objects
+    raise UnirlError("tabletop: could not place the objects (grid too small)")
+
+
 class TableTop(RobotEnv):
     """Batched table-top episodes (see the module docstring). State lives on the host as small
     integer arrays; `observation()` renders every episode's frame in one call on `device`."""
@@ -120,27 +135,13 @@ class TableTop(RobotEnv):
             s = shape if kind == 1 else SHAPES[rng.integers(len(SHAPES))]
             if (c, s) not in variants:
                 variants.append((c, s))
-        for _ in range(1000):  # objects 3 cells apart (each has free cells to approach from), the robot 2 from all
-            cells = rng.integers(0, GRID, size=(2 + k, 2))
-            robot, objects = cells[0], cells[1:]
-            far = all(chebyshev(objects[i], objects[j]) >= 3 for i in range(1 + k) for j in range(i))
-            if far and (chebyshev(objects, robot) >= 2).all():
-                return robot, objects, variants
-        raise UnirlError("tabletop: could not place the objects (grid too small)")
+        return (*_place(len(variants), rng), variants)
 
     @staticmethod
     def _corner_layout(corner: tuple[int, int], k: int,
                        rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
-        region = CELLS[corner_cells(corner)]
         variants = [VARIANTS[i] for i in rng.choice(len(VARIANTS), size=k, replace=False)]
-        for _ in range(1000):
-            cells = rng.integers(0, GRID, size=(1 + k, 2))
-            robot, objects = cells[0], cells[1:]
-            far = all(chebyshev(objects[i], objects[j]) >= 3 for i in range(k) for j in range(i))
-            outside = (chebyshev(region[:, None], objects[None]) >= 1).all()
-            if far and outside and (chebyshev(objects, robot) >= 2).all() and chebyshev(region, robot).min() >= 2:
-                return robot, objects, variants
-        raise UnirlError("tabletop: could not place the objects (grid too small)")
+        return (*_place(k, rng, CELLS[corner_cells(corner)]), variants)
 
     def reset(self, tasks: list[Task], seed: int) -> torch.Tensor:
         if not tasks:
