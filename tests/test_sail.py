@@ -15,6 +15,7 @@ from unirl.recipes.sail import (
     Config,
     Experience,
     JudgeSet,
+    changed_mask,
     hint_in,
     hinted,
     moved_words,
@@ -209,6 +210,15 @@ def test_moves_to_end_sum_each_episodes_remaining_moves():
     assert moved_words(total) == ["left of", "above", None, "left of"]
 
 
+def test_changed_mask_covers_the_cells_around_a_move():
+    tokens = torch.zeros(1, 36, dtype=torch.long)
+    next_tokens = tokens.clone()
+    next_tokens[0, CELL_INDEX[(2, 2)]], next_tokens[0, CELL_INDEX[(3, 3)]] = 1, 2  # robot left (2,2) for (3,3)
+    assert changed_mask(tokens, next_tokens).sum() == 2
+    near = changed_mask(tokens, next_tokens, radius=1).view(6, 6)  # [y, x]
+    assert near[1:4, 1:4].all() and near[2:5, 2:5].all() and near.sum() == 9 + 9 - 4  # two 3x3 squares overlapping
+
+
 def test_true_hints_point_where_the_expert_goes_and_kept_episodes_become_where_rows(tiny_janus):
     env = TableTop(image_size=tiny_janus.generation_image_size)
     tasks = tabletop_tasks("heldout") * 4
@@ -327,13 +337,16 @@ def test_one_tiny_sail_iteration_writes_summary_and_resumes(tmp_path):
     moved = [w for w, k in zip(moved_words(kept.actions), kept.kept.tolist()) if k]
     assert [a for a, w in zip(where.answers, moved) if w is not None] == [w for w in moved if w is not None]
 
-    # The other filter on the same warm-up: step 0 is reused, not rerun.
+    # The loop's ceiling on the same warm-up (step 0 is reused, not rerun): the scripted expert
+    # plays the learning episodes and its successes are kept.
     other = tmp_path / "other"
     assert main(["train", "configs/sail/toy.yaml", "--out", str(other), "iterations=1", *TINY,
-                 f"warmup_from={run}"]) == 0
-    first = json.loads((other / "metrics.jsonl").read_text().splitlines()[0])
+                 f"warmup_from={run}", "filter=expert"]) == 0
+    first, learned = [json.loads(line) for line in (other / "metrics.jsonl").read_text().splitlines()[:2]]
     assert first["warmup_from"] == str(run) and first["demo/success"] == rows[0]["demo/success"]
-    assert json.loads((other / "sail_summary.json").read_text())["filter"] == "ground_truth"
+    assert json.loads((other / "sail_summary.json").read_text())["filter"] == "expert"
+    assert learned["rollout/success"] >= 0.6 > rows[1]["rollout/success"]  # the expert's, not the tiny planner's
+    assert learned["kept"] == round(learned["rollout/success"] * len(tabletop_tasks("heldout")))
     for name in ("demos", "explore", "judge"):
         assert (other / "experience" / f"{name}.safetensors").read_bytes() == \
             (run / "experience" / f"{name}.safetensors").read_bytes()

@@ -74,7 +74,10 @@ class Config(PolicyConfig):
     rollouts_per_task: int = 12
     filter: str = "ground_truth"
     """Which episodes the planner learns from: ground_truth (the environment's success flag) or
-    self (the model's own yes/no to the task's question about the final frame)."""
+    self (the model's own yes/no to the task's question about the final frame). expert is not
+    SAIL but its ceiling: the scripted expert (with `demo_noise`) plays the learning episodes in
+    the planner's place and its successes are kept, so a run measures what the fine-tune can
+    make of the best experience the loop could collect."""
     guidance: float = 1.0
     """Classifier-free guidance of planned frames (text against the current frame alone)."""
     where_hint: bool = False
@@ -130,6 +133,9 @@ class Config(PolicyConfig):
     batch_size: int = 32
     changed_weight: float = 0.0
     """Extra weight, in the next-frame NLL, of the tokens that differ from frame t's (what moved)."""
+    changed_radius: int = 0
+    """Give `changed_weight` also to the tokens within this many grid cells of a changed one: where
+    the robot could have gone and did not, which is where a wrong plan is drawn."""
     own_fraction: float = 0.5
     """Share of each fine-tune batch drawn from kept unseen-task episodes (the rest: seen-task demonstrations)."""
     judge_batch_size: int = 16
@@ -492,7 +498,8 @@ def train_planner(model: UnifiedModel, params: list[torch.nn.Parameter], optimiz
                 context_images=as_float(batch.frames).to(model.device) if config.vision_context else None)
         # Most of a next frame repeats frame t; what moved is the few tokens that differ, and the
         # plan is in them: `changed_weight` counts each of those that many times more.
-        weights = 1.0 + config.changed_weight * (batch.next_tokens != batch.tokens).float().to(logprobs.device)
+        weights = 1.0 + config.changed_weight * changed_mask(batch.tokens, batch.next_tokens,
+                                                             config.changed_radius).to(logprobs.device)
         loss = -(weights * logprobs.float()).sum() / weights.sum()
         losses.append(loss.item())
         if config.judge_weight > 0:
@@ -519,6 +526,17 @@ def train_planner(model: UnifiedModel, params: list[torch.nn.Parameter], optimiz
     return metrics
 
 
+def changed_mask(tokens: torch.Tensor, next_tokens: torch.Tensor, radius: int = 0) -> torch.Tensor:
+    """[N,T] float: 1 where a token differs from frame t's, or lies within `radius` cells of one
+    on the square token grid."""
+    changed = (next_tokens != tokens).float()
+    if radius == 0:
+        return changed
+    side = int(round(changed.shape[1] ** 0.5))
+    grid = changed.view(-1, 1, side, side)
+    return torch.nn.functional.max_pool2d(grid, 2 * radius + 1, stride=1, padding=radius).view_as(changed)
+
+
 def train_idm(idm: InverseDynamics, experience: Experience, steps: int, config: Config, seed: int) -> dict[str, float]:
     """Retrain the inverse dynamics model on every transition so far; report its fit."""
     losses = fit(idm, experience.frames, experience.next_frames, experience.actions, steps,
@@ -527,7 +545,7 @@ def train_idm(idm: InverseDynamics, experience: Experience, steps: int, config: 
 
 
 # ----------------------------------------------------------------------------- the loop
-FILTERS = ("ground_truth", "self")
+FILTERS = ("ground_truth", "self", "expert")
 WHERE_LABELS = ("self", "truth")
 WARMUP_FILES = ("demos.safetensors", "explore.safetensors", "judge.safetensors")
 
@@ -715,9 +733,10 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
             break
         seed = base_seed + 7919 * k
         explore = planner_texts(model, config, temperature=config.where_temperature, seed=seed)
-        episodes = run_episodes(env, model, rollout_tasks, seed,
-                                planner_policy(model, idm, env, seed, config), describe=explore)
-        kept = episodes.success if config.filter == "ground_truth" else self_judge(
+        act = (scripted_policy(env, seed, config.demo_noise) if config.filter == "expert"
+               else planner_policy(model, idm, env, seed, config))
+        episodes = run_episodes(env, model, rollout_tasks, seed, act, describe=explore)
+        kept = episodes.success if config.filter != "self" else self_judge(
             model, episodes.final_frames, episodes.tasks, config)
         state.setdefault("kept_by_iteration", []).append(int(kept.sum()))
         metrics |= {"rollout/success": episodes.success.float().mean().item(), "kept": int(kept.sum()),
