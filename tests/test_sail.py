@@ -381,7 +381,9 @@ def test_a_warm_up_alone_pretrains_a_planner_that_another_run_starts_from(tmp_pa
 
 def test_sail_bad_input_is_one_clear_error(tmp_path, capsys):
     assert main(["train", "configs/sail/toy.yaml", "--out", str(tmp_path / "a"), "filter=vlm", *TINY]) == 2
-    assert "filter: expected one of ['ground_truth', 'self'], got 'vlm'" in capsys.readouterr().err
+    assert "filter: expected one of ['ground_truth', 'self', 'expert'], got 'vlm'" in capsys.readouterr().err
+    assert main(["train", "configs/sail/toy.yaml", "--out", str(tmp_path / "r"), "changed_radius=-1", *TINY]) == 2
+    assert "changed_radius: expected 0 or more grid cells, got -1" in capsys.readouterr().err
     assert main(["train", "configs/sail/toy.yaml", "--out", str(tmp_path / "b"), *TINY, "model=showo-tiny"]) == 2
     assert "cannot generate an image from an image" in capsys.readouterr().err
     assert main(["train", "configs/sail/toy.yaml", "--out", str(tmp_path / "c"), *TINY, "where_hint=true",

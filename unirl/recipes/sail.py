@@ -533,6 +533,8 @@ def changed_mask(tokens: torch.Tensor, next_tokens: torch.Tensor, radius: int = 
     if radius == 0:
         return changed
     side = int(round(changed.shape[1] ** 0.5))
+    if side * side != changed.shape[1]:
+        raise UnirlError(f"changed_radius: needs a square grid of image tokens, got {changed.shape[1]} tokens")
     grid = changed.view(-1, 1, side, side)
     return torch.nn.functional.max_pool2d(grid, 2 * radius + 1, stride=1, padding=radius).view_as(changed)
 
@@ -656,6 +658,8 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
         raise UnirlError(f"filter: expected one of {list(FILTERS)}, got {config.filter!r}")
     if config.where_labels not in WHERE_LABELS:
         raise UnirlError(f"where_labels: expected one of {list(WHERE_LABELS)}, got {config.where_labels!r}")
+    if config.changed_radius < 0:
+        raise UnirlError(f"changed_radius: expected 0 or more grid cells, got {config.changed_radius}")
     if config.iterations < 0:
         raise UnirlError(f"iterations: expected 0 (the warm-up alone) or more, got {config.iterations}")
     torch.manual_seed(config.seed)
