@@ -24,6 +24,7 @@ from unirl.recipes.sail import (
     relabel_hints,
     run_episodes,
     scripted_policy,
+    task_balanced_weights,
     where_answers,
     where_rows,
 )
@@ -219,6 +220,15 @@ def test_changed_mask_covers_the_cells_around_a_move():
     assert near[1:4, 1:4].all() and near[2:5, 2:5].all() and near.sum() == 9 + 9 - 4  # two 3x3 squares overlapping
 
 
+def test_task_balanced_weights_draw_every_task_equally_whatever_its_hint():
+    texts = [hinted("move the robot to the top left corner", "above")] * 3 + ["move the robot to the top left corner",
+                                                                            "move the robot to the bottom left corner"]
+    weights = task_balanced_weights(texts)
+    assert weights[:4].sum() == pytest.approx(1.0) and weights[4] == pytest.approx(1.0)
+    draws = torch.multinomial(weights, 4000, replacement=True, generator=torch.Generator().manual_seed(0))
+    assert abs((draws == 4).float().mean().item() - 0.5) < 0.03
+
+
 def test_true_hints_point_where_the_expert_goes_and_kept_episodes_become_where_rows(tiny_janus):
     env = TableTop(image_size=tiny_janus.generation_image_size)
     tasks = tabletop_tasks("heldout") * 4
@@ -338,10 +348,11 @@ def test_one_tiny_sail_iteration_writes_summary_and_resumes(tmp_path):
     assert [a for a, w in zip(where.answers, moved) if w is not None] == [w for w in moved if w is not None]
 
     # The loop's ceiling on the same warm-up (step 0 is reused, not rerun): the scripted expert
-    # plays the learning episodes and its successes are kept.
+    # plays the learning episodes and its successes are kept (drawn evenly over tasks, the cells
+    # around each move weighted).
     other = tmp_path / "other"
     assert main(["train", "configs/sail/toy.yaml", "--out", str(other), "iterations=1", *TINY,
-                 f"warmup_from={run}", "filter=expert"]) == 0
+                 f"warmup_from={run}", "filter=expert", "balance_tasks=true", "changed_radius=1"]) == 0
     first, learned = [json.loads(line) for line in (other / "metrics.jsonl").read_text().splitlines()[:2]]
     assert first["warmup_from"] == str(run) and first["demo/success"] == rows[0]["demo/success"]
     assert json.loads((other / "sail_summary.json").read_text())["filter"] == "expert"

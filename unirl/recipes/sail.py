@@ -31,6 +31,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +139,9 @@ class Config(PolicyConfig):
     the robot could have gone and did not, which is where a wrong plan is drawn."""
     own_fraction: float = 0.5
     """Share of each fine-tune batch drawn from kept unseen-task episodes (the rest: seen-task demonstrations)."""
+    balance_tasks: bool = False
+    """Draw the kept transitions evenly over their tasks: a task the planner rarely succeeds at is
+    learned from as often as one it mostly succeeds at."""
     judge_batch_size: int = 16
     judge_weight: float = 1.0
     """Weight of the self-judge's yes/no NLL on seen-task frames, trained beside the planner."""
@@ -481,6 +485,7 @@ def train_planner(model: UnifiedModel, params: list[torch.nn.Parameter], optimiz
     linearly from `lr` to `lr_end` (constant without it)."""
     generator = torch.Generator().manual_seed(seed)
     n_own = round(config.batch_size * config.own_fraction) if own is not None and len(own) else 0
+    own_weights = task_balanced_weights(own.task) if n_own and config.balance_tasks else None
     has_own_judges = own_judges is not None and len(own_judges) > 0
     n_own_judges = round(config.judge_batch_size * config.own_fraction) if has_own_judges else 0
     losses, judge_losses = [], []
@@ -489,7 +494,8 @@ def train_planner(model: UnifiedModel, params: list[torch.nn.Parameter], optimiz
             group["lr"] = lr if lr_end is None else lr + (lr_end - lr) * step / max(1, steps - 1)
         parts = [demos.select(torch.randint(len(demos), (config.batch_size - n_own,), generator=generator))]
         if n_own:
-            parts.append(own.select(torch.randint(len(own), (n_own,), generator=generator)))
+            parts.append(own.select(torch.randint(len(own), (n_own,), generator=generator) if own_weights is None
+                                    else torch.multinomial(own_weights, n_own, replacement=True, generator=generator)))
         batch = Experience.cat(parts)
         unconditional = torch.rand(len(batch), generator=generator) < config.cfg_dropout
         with autocast(config, model):
@@ -524,6 +530,14 @@ def train_planner(model: UnifiedModel, params: list[torch.nn.Parameter], optimiz
     if judge_losses:
         metrics["judge/loss"] = float(np.mean(judge_losses[-tail:]))
     return metrics
+
+
+def task_balanced_weights(texts: list[str]) -> torch.Tensor:
+    """[N] sampling weights, 1 / (rows of the same task): every task drawn equally often. A row's
+    task is its text before any hint (`hinted` adds ", <answer> the robot")."""
+    tasks = [t.split(",")[0] for t in texts]
+    counts = Counter(tasks)
+    return torch.tensor([1.0 / counts[t] for t in tasks])
 
 
 def changed_mask(tokens: torch.Tensor, next_tokens: torch.Tensor, radius: int = 0) -> torch.Tensor:
