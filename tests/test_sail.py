@@ -227,6 +227,7 @@ def test_task_balanced_weights_draw_every_task_equally_whatever_its_hint():
     assert weights[:4].sum() == pytest.approx(1.0) and weights[4] == pytest.approx(1.0)
     draws = torch.multinomial(weights, 4000, replacement=True, generator=torch.Generator().manual_seed(0))
     assert abs((draws == 4).float().mean().item() - 0.5) < 0.03
+    assert task_balanced_weights(["the arm: push, then lift", "the arm: push"]).tolist() == [1.0, 1.0]  # no hint cut
 
 
 def test_true_hints_point_where_the_expert_goes_and_kept_episodes_become_where_rows(tiny_janus):

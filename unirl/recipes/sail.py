@@ -534,8 +534,8 @@ def train_planner(model: UnifiedModel, params: list[torch.nn.Parameter], optimiz
 
 def task_balanced_weights(texts: list[str]) -> torch.Tensor:
     """[N] sampling weights, 1 / (rows of the same task): every task drawn equally often. A row's
-    task is its text before any hint (`hinted` adds ", <answer> the robot")."""
-    tasks = [t.split(",")[0] for t in texts]
+    task is its text without the hint `hinted` appended (", <answer> the robot")."""
+    tasks = [t.rpartition(", ")[0] if t.endswith(" the robot") and ", " in t else t for t in texts]
     counts = Counter(tasks)
     return torch.tensor([1.0 / counts[t] for t in tasks])
 
