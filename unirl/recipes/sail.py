@@ -283,6 +283,11 @@ def hinted(task_text: str, answer: str) -> str:
     return f"{task_text}, {answer} the robot"
 
 
+def unhinted(text: str) -> str:
+    """The task text inside a `hinted` text; a text without a hint as it is."""
+    return text.rpartition(", ")[0] if text.endswith(" the robot") and ", " in text else text
+
+
 def hint_in(text: str, task_text: str) -> str:
     """The answer inside a `hinted` text."""
     return text[len(task_text) + 2:-len(" the robot")]
@@ -533,9 +538,9 @@ def train_planner(model: UnifiedModel, params: list[torch.nn.Parameter], optimiz
 
 
 def task_balanced_weights(texts: list[str]) -> torch.Tensor:
-    """[N] sampling weights, 1 / (rows of the same task): every task drawn equally often. A row's
-    task is its text without the hint `hinted` appended (", <answer> the robot")."""
-    tasks = [t.rpartition(", ")[0] if t.endswith(" the robot") and ", " in t else t for t in texts]
+    """[N] sampling weights, 1 / (rows of the same task): every task drawn equally often, whatever
+    hint its rows read."""
+    tasks = [unhinted(t) for t in texts]
     counts = Counter(tasks)
     return torch.tensor([1.0 / counts[t] for t in tasks])
 
