@@ -6,7 +6,7 @@ import torch
 from safetensors import safe_open
 
 from modalities.image.shapes import Scene, SceneObject, render
-from modalities.robot.tabletop import CELL_INDEX, HELDOUT, TableTop, corner_cells, tabletop_tasks
+from modalities.robot.tabletop import CELL_INDEX, HELDOUT, TableTop, place_cells, tabletop_tasks
 from unirl.cli import main
 from unirl.errors import UnirlError
 from unirl.models import TOY_PLANNER_DIR, load_model
@@ -98,13 +98,33 @@ def test_corner_tasks_succeed_in_the_corner_and_fail_on_a_touch():
     assert [t.text for t in corners][0] == "move the robot to the top left corner" and len(corners) == 4
     env = TableTop(distractors=(1, 1))
     env.reset(corners * 25, seed=0)
-    assert all(not corner_cells(c)[CELL_INDEX[tuple(r.tolist())]] for c, r in zip(env.corners, env.robot))
+    assert all(not place_cells(p)[CELL_INDEX[tuple(r.tolist())]] for p, r in zip(env.places, env.robot))
     env.reset(corners[:2], seed=0)  # top left, top right
     env.robot[0], env.objects[0] = np.array([3, 3]), np.array([[5, 0]])
     env.robot[1], env.objects[1] = np.array([4, 4]), np.array([[2, 5]])
     assert env.goal_relations() == [{"left of", "above"}, {"above"}]  # each side all the corner's cells lie on
     step = env.step(torch.tensor([[-1.0, -1.0], [-1.0, 1.0]]))  # into the top left corner; next to the object
     assert step.info["success"].tolist() == [True, False] and step.terminated.tolist() == [True, True]
+
+
+def test_halves_succeed_in_the_half_and_splits_join_with_commas():
+    halves = tabletop_tasks("halves")
+    assert [t.text for t in halves] == [f"move the robot to the {h} half" for h in ("top", "bottom", "left", "right")]
+    assert len(tabletop_tasks("train,halves")) == 67 and tabletop_tasks("halves,corners")[4].name == "top_left_corner"
+    with pytest.raises(UnirlError, match="'side'"):
+        tabletop_tasks("train,side")
+    env = TableTop()
+    env.reset(halves * 50, seed=0)
+    inside = [place_cells(p)[CELL_INDEX[tuple(r.tolist())]] for p, r in zip(env.places, env.robot)]
+    assert not any(inside)  # the robot starts outside its half; the objects may stand in it
+    assert any(place_cells(p)[[CELL_INDEX[tuple(c)] for c in o.tolist()]].any()
+               for p, o in zip(env.places, env.objects))
+    env.reset(halves[:2], seed=0)  # top, bottom
+    env.robot[0], env.objects[0] = np.array([3, 3]), np.array([[0, 5]])
+    env.robot[1], env.objects[1] = np.array([3, 2]), np.array([[5, 5]])
+    assert env.goal_relations() == [{"above"}, {"below"}]
+    step = env.step(torch.tensor([[0.0, -1.0], [0.0, 1.0]]))  # each one cell into its half
+    assert step.info["success"].tolist() == [True, True]
 
 
 def test_corner_expert_succeeds_and_random_commands_mostly_do_not():

@@ -26,8 +26,8 @@ def make_env(name: str, horizon: int, image_size: int, device: torch.device | st
 
 
 def make_tasks(env: str, spec: str) -> list[Task]:
-    """Tasks from a config string: a tabletop split (train, heldout, corners), or MetaWorld task names
-    separated by commas (reach-v3,push-v3)."""
+    """Tasks from a config string: tabletop splits (train, heldout, halves, corners; several joined by
+    commas: train,halves), or MetaWorld task names separated by commas (reach-v3,push-v3)."""
     if env == "tabletop":
         from modalities.robot.tabletop import tabletop_tasks
 

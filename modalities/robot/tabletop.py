@@ -13,11 +13,13 @@ them (each colour once) out of the training split: a held-out object may stand o
 training episode, as a distractor, but is never the goal there (what is unseen is the task, not
 the object: a planner that has never drawn an object cannot copy it into a frame). Distractors
 share the target's colour or shape two times in three, so the robot must read both words.
-A second kind of task names a place instead of an object: "move the robot to the top left
-corner", a success once the robot stands in that corner's 3x3 cells (touching an object first
-ends it as a failure). The `corners` split holds the four; no split of objects ever has them as
-goals, so they are new to a planner pretrained on objects, in what the words ask and in where
-its understanding path should say the goal is.
+A second kind of task names a place instead of an object: "move the robot to the top half" or
+"to the top left corner", a success once the robot stands in that place's cells (touching an
+object first ends it as a failure). A corner is where two halves meet, its 3x3 quarter of the
+table. The `halves` split holds the four halves and `corners` the four corners; no split of
+objects ever has them as goals, so they are new to a planner pretrained on objects, in what their
+words ask and in where its understanding path should say the goal is. A spec may join splits with
+commas ("train,halves").
 
 Layouts are drawn on the host from a seed (a few integers each); frames are rendered for all
 episodes in one batched call."""
@@ -41,8 +43,9 @@ HELDOUT = [(c, SHAPES[(2 * i + 1) % len(SHAPES)]) for i, c in enumerate(OBJECT_C
 MOVES = [(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 CELLS = np.stack(np.meshgrid(np.arange(GRID), np.arange(GRID), indexing="xy"), -1).reshape(-1, 2)  # [36, (x, y)]
 CELL_INDEX = {tuple(c): j for j, c in enumerate(CELLS.tolist())}
-CORNERS = {"top left": (0, 0), "top right": (1, 0), "bottom left": (0, 1), "bottom right": (1, 1)}  # (right, bottom)
-SPLITS = ("train", "heldout", "corners")
+HALVES = ("top", "bottom", "left", "right")
+CORNERS = ("top left", "top right", "bottom left", "bottom right")
+SPLITS = ("train", "heldout", "halves", "corners")
 
 
 def task_for(color: str, shape: str) -> Task:
@@ -51,57 +54,75 @@ def task_for(color: str, shape: str) -> Task:
                 locate=f"Where is the {color} {shape} relative to the circle?")
 
 
-def corner_task(corner: str) -> Task:
-    return Task(name=f"corner_{corner.replace(' ', '_')}", text=f"move the robot to the {corner} corner",
-                question=f"Is the robot in the {corner} corner?",
-                locate=f"Where is the {corner} corner relative to the circle?")
+def place_task(place: str) -> Task:
+    """A half ("top") or a corner ("top left") as a task."""
+    where = f"{place} corner" if place in CORNERS else f"{place} half"
+    return Task(name=where.replace(" ", "_"), text=f"move the robot to the {where}",
+                question=f"Is the robot in the {where}?",
+                locate=f"Where is the {where} relative to the circle?")
 
 
-def tabletop_tasks(split: str) -> list[Task]:
-    """The task variants of a split: train (63 objects), heldout (9 objects) or corners (4 places)."""
-    if split not in SPLITS:
-        raise UnirlError(f"tabletop tasks: split expected one of {list(SPLITS)}, got {split!r}")
-    if split == "corners":
-        return [corner_task(c) for c in CORNERS]
-    chosen = HELDOUT if split == "heldout" else [v for v in VARIANTS if v not in HELDOUT]
-    return [task_for(c, s) for c, s in chosen]
+def tabletop_tasks(spec: str) -> list[Task]:
+    """The task variants of a split: train (63 objects), heldout (9 objects), halves or corners (4
+    places each); splits joined by commas give their tasks in that order."""
+    tasks = []
+    for split in spec.split(","):
+        if split not in SPLITS:
+            raise UnirlError(f"tabletop tasks: split expected one of {list(SPLITS)} (or several joined by commas), "
+                             f"got {split!r}")
+        if split in ("halves", "corners"):
+            tasks += [place_task(p) for p in (HALVES if split == "halves" else CORNERS)]
+        else:
+            chosen = HELDOUT if split == "heldout" else [v for v in VARIANTS if v not in HELDOUT]
+            tasks += [task_for(c, s) for c, s in chosen]
+    return tasks
 
 
-def _corner(task: Task) -> tuple[int, int] | None:
-    """The (right, bottom) flags of a corner task; None for an object task."""
-    return CORNERS.get(task.name.removeprefix("corner_").replace("_", " ")) if task.name.startswith("corner_") else None
+def _place(task: Task) -> str | None:
+    """The half or corner a place task names; None for an object task."""
+    place, _, kind = task.name.rpartition("_")
+    return place.replace("_", " ") if kind in ("half", "corner") else None
 
 
 def _variant(task: Task) -> tuple[str, str] | None:
-    """The (colour, shape) an object task names; None for a corner task."""
-    if _corner(task) is not None:
+    """The (colour, shape) an object task names; None for a place task."""
+    if _place(task) is not None:
         return None
     color, _, shape = task.name.partition("_")
     if (color, shape) not in VARIANTS:
-        raise UnirlError(f"tabletop: task {task.name!r} is not a table-top variant (colour_shape or corner_*)")
+        raise UnirlError(f"tabletop: task {task.name!r} is not a table-top variant (colour_shape, *_half or *_corner)")
     return color, shape
 
 
-def corner_cells(corner: tuple[int, int]) -> np.ndarray:
-    """[36] bool: the cells of a corner, (right, bottom) flags: its 3x3 quarter of the table."""
+def place_cells(place: str) -> np.ndarray:
+    """[36] bool: the cells of a half ("top": the top three rows) or of a corner ("top left": where
+    its two halves meet)."""
     half = GRID // 2
-    return ((CELLS[:, 0] >= half) == bool(corner[0])) & ((CELLS[:, 1] >= half) == bool(corner[1]))
+    sides = {"top": CELLS[:, 1] < half, "bottom": CELLS[:, 1] >= half,
+             "left": CELLS[:, 0] < half, "right": CELLS[:, 0] >= half}
+    return np.logical_and.reduce([sides[word] for word in place.split()])
 
 
 def chebyshev(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.abs(a - b).max(-1)
 
 
-def _place(n_objects: int, rng: np.random.Generator, region: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _positions(n_objects: int, rng: np.random.Generator, region: np.ndarray | None = None,
+               start_outside: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Robot cell [2] and object cells [n,2]: objects 3 cells apart (each has free cells to
     approach from), the robot 2 from all; with a goal `region` [M,2], objects off it and the
-    robot 2 cells from it."""
+    robot 2 cells from it, or with `start_outside` the robot anywhere outside it and the objects
+    anywhere."""
     for _ in range(1000):
         cells = rng.integers(0, GRID, size=(1 + n_objects, 2))
         robot, objects = cells[0], cells[1:]
         far = all(chebyshev(objects[i], objects[j]) >= 3 for i in range(n_objects) for j in range(i))
-        clear = region is None or ((chebyshev(region[:, None], objects[None]) >= 1).all()
-                                   and chebyshev(region, robot).min() >= 2)
+        if region is None:
+            clear = True
+        elif start_outside:
+            clear = chebyshev(region, robot).min() >= 1
+        else:
+            clear = (chebyshev(region[:, None], objects[None]) >= 1).all() and chebyshev(region, robot).min() >= 2
         if far and clear and (chebyshev(objects, robot) >= 2).all():
             return robot, objects
     raise UnirlError("tabletop: could not place the objects (grid too small)")
@@ -121,12 +142,14 @@ class TableTop(RobotEnv):
 
     # --------------------------------------------------------------------- layouts
     def _layout(self, task: Task, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
-        """Robot cell [2], object cells [K,2] (the target first) and object variants [K]. A corner
-        task's objects are all distractors, outside the corner, and its robot starts 2 cells from it."""
+        """Robot cell [2], object cells [K,2] (the target first) and object variants [K]. A place
+        task's objects are all distractors. A corner's lie outside it and its robot starts 2 cells
+        from it; a half's robot starts anywhere outside it and its objects anywhere, so that
+        neither gives away which half is the goal (a planner must read the task to find it)."""
         variant = _variant(task)
         k = int(rng.integers(self.distractors[0], self.distractors[1] + 1))
         if variant is None:
-            return self._corner_layout(_corner(task), k, rng)
+            return self._place_layout(_place(task), k, rng)
         color, shape = variant
         variants = [(color, shape)]
         while len(variants) < 1 + k:
@@ -135,13 +158,13 @@ class TableTop(RobotEnv):
             s = shape if kind == 1 else SHAPES[rng.integers(len(SHAPES))]
             if (c, s) not in variants:
                 variants.append((c, s))
-        return (*_place(len(variants), rng), variants)
+        return (*_positions(len(variants), rng), variants)
 
     @staticmethod
-    def _corner_layout(corner: tuple[int, int], k: int,
-                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    def _place_layout(place: str, k: int,
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
         variants = [VARIANTS[i] for i in rng.choice(len(VARIANTS), size=k, replace=False)]
-        return (*_place(k, rng, CELLS[corner_cells(corner)]), variants)
+        return (*_positions(k, rng, CELLS[place_cells(place)], start_outside=place in HALVES), variants)
 
     def reset(self, tasks: list[Task], seed: int) -> torch.Tensor:
         if not tasks:
@@ -152,7 +175,7 @@ class TableTop(RobotEnv):
         self.robot = np.stack([r for r, _, _ in layouts])
         self.objects = [o for _, o, _ in layouts]
         self.variants = [v for _, _, v in layouts]
-        self.corners = [_corner(t) for t in tasks]
+        self.places = [_place(t) for t in tasks]
         n = len(tasks)
         self.t = 0
         self.done = np.zeros(n, dtype=bool)
@@ -164,7 +187,7 @@ class TableTop(RobotEnv):
             raise UnirlError("tabletop: retarget episodes right after reset, before any step")
         names = {t.name for t in allowed}
         for i, variants in enumerate(self.variants):
-            if self.corners[i] is not None:
+            if self.places[i] is not None:
                 continue
             other = next((k for k in range(1, len(variants)) if "_".join(variants[k]) in names), None)
             if other is not None:  # the goal is the first object: swap roles, not places
@@ -182,8 +205,8 @@ class TableTop(RobotEnv):
             if not (self.objects[i] == new).all(-1).any():  # an object's cell blocks the robot
                 self.robot[i] = new
             touching = chebyshev(self.objects[i], self.robot[i]) <= 1
-            if self.corners[i] is not None:  # in the corner first: a success; else any touch ends it
-                self.success[i] = bool(corner_cells(self.corners[i])[CELL_INDEX[tuple(self.robot[i].tolist())]])
+            if self.places[i] is not None:  # in the place first: a success; else any touch ends it
+                self.success[i] = bool(place_cells(self.places[i])[CELL_INDEX[tuple(self.robot[i].tolist())]])
                 terminated[i] = self.success[i] or bool(touching.any())
             elif touching.any():
                 terminated[i] = True
@@ -197,14 +220,14 @@ class TableTop(RobotEnv):
                     {"success": torch.from_numpy(self.success.copy())})
 
     def goal_relations(self) -> list[set[str]]:
-        """An object's relation is its larger axis (both on a diagonal); a corner's, every side
+        """An object's relation is its larger axis (both on a diagonal); a place's, every side
         that all its cells lie on."""
         relations = []
         for i in np.flatnonzero(~self.done):
-            if self.corners[i] is None:
+            if self.places[i] is None:
                 dx, dy = (self.objects[i][0] - self.robot[i]).tolist()  # y grows downwards
             else:
-                sides = np.sign(CELLS[corner_cells(self.corners[i])] - self.robot[i])  # [9,2]
+                sides = np.sign(CELLS[place_cells(self.places[i])] - self.robot[i])  # [cells, 2]
                 dx, dy = (int(side[0]) if (side == side[0]).all() else 0 for side in sides.T)
             words = set()
             if dx and abs(dx) >= abs(dy):
@@ -234,19 +257,19 @@ class TableTop(RobotEnv):
         for i in np.flatnonzero(~self.done):
             if rng.random() < noise:
                 continue
-            move = self._first_move(self.robot[i], self.objects[i], self.corners[i])
+            move = self._first_move(self.robot[i], self.objects[i], self.places[i])
             actions[i] = np.array(move) * rng.uniform(0.6, 1.0, size=2)
         return torch.tensor(actions, dtype=torch.float32)
 
     @staticmethod
-    def _first_move(robot: np.ndarray, objects: np.ndarray, corner: tuple[int, int] | None = None) -> tuple[int, int]:
+    def _first_move(robot: np.ndarray, objects: np.ndarray, place: str | None = None) -> tuple[int, int]:
         near = np.stack([chebyshev(CELLS, o) for o in objects])  # [K, cells]
-        if corner is None:
+        if place is None:
             free = (near[1:] >= 2).all(0) & (near > 0).all(0)  # off every object, touching no distractor
             goal = free & (near[0] == 1)
         else:
             free = (near >= 2).all(0)  # touching no object: every one is a distractor here
-            goal = free & corner_cells(corner)
+            goal = free & place_cells(place)
         first: dict[tuple[int, int], tuple[int, int] | None] = {tuple(robot): None}
         queue = deque([tuple(robot)])
         while queue:
@@ -258,6 +281,6 @@ class TableTop(RobotEnv):
                 if nxt in CELL_INDEX and nxt not in first and free[CELL_INDEX[nxt]]:
                     first[nxt] = first[cur] or (dx, dy)
                     queue.append(nxt)
-        goal_cell = objects[0] if corner is None else CELLS[corner_cells(corner)].mean(0)
+        goal_cell = objects[0] if place is None else CELLS[place_cells(place)].mean(0)
         target = goal_cell - robot  # no clean path: head for the goal anyway
         return int(np.sign(target[0])), int(np.sign(target[1]))

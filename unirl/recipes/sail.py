@@ -63,7 +63,7 @@ class Config(PolicyConfig):
     env: str = "tabletop"
     """tabletop (the project's toy, runs on a CPU) or metaworld (needs `pip install metaworld`)."""
     seen_tasks: str = "train"
-    """Tasks of the warm-up's demonstrations: a tabletop split (train, heldout, corners) or MetaWorld task
+    """Tasks of the warm-up's demonstrations: a tabletop split (train, heldout, halves, corners) or MetaWorld task
     names, comma-separated."""
     unseen_tasks: str = "heldout"
     """Tasks the loop improves on and reports: never in the warm-up."""
