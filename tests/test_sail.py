@@ -321,7 +321,7 @@ def test_one_tiny_sail_iteration_writes_summary_and_resumes(tmp_path):
     assert main(["train", "configs/sail/toy.yaml", "--out", str(run), "iterations=1", "filter=self", *TINY]) == 0
     summary = json.loads((run / "sail_summary.json").read_text())
     assert len(summary["success_by_iteration"]) == 2 and summary["filter"] == "self"
-    assert set(summary["success_by_task"][0]) == {t.name for t in tabletop_tasks("heldout")}
+    assert set(summary["success_by_task"][0]) == {t.name for t in tabletop_tasks("halves")}
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert {"success/unseen", "judge/accuracy", "kept", "rollout/success", "planner/loss", "idm/loss"} <= set(rows[1])
@@ -378,7 +378,7 @@ def test_one_tiny_sail_iteration_writes_summary_and_resumes(tmp_path):
     assert first["warmup_from"] == str(run) and first["demo/success"] == rows[0]["demo/success"]
     assert json.loads((other / "sail_summary.json").read_text())["filter"] == "expert"
     assert learned["rollout/success"] >= 0.6 > rows[1]["rollout/success"]  # the expert's, not the tiny planner's
-    assert learned["kept"] == round(learned["rollout/success"] * len(tabletop_tasks("heldout")))
+    assert learned["kept"] == round(learned["rollout/success"] * len(tabletop_tasks("halves")))
     for name in ("demos", "explore", "judge"):
         assert (other / "experience" / f"{name}.safetensors").read_bytes() == \
             (run / "experience" / f"{name}.safetensors").read_bytes()
