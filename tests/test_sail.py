@@ -327,6 +327,8 @@ def test_one_tiny_sail_iteration_writes_summary_and_resumes(tmp_path):
     assert {"success/unseen", "judge/accuracy", "kept", "rollout/success", "planner/loss", "idm/loss"} <= set(rows[1])
     assert len(summary["kept_by_iteration"]) == 1  # measured twice (same layouts), learned from once
     assert (run / "samples" / "step-1" / "samples.jsonl").is_file()
+    recipe = json.loads((run / "recipe.json").read_text())  # toy.yaml's own options, beside the overrides
+    assert recipe["changed_radius"] == 1 and recipe["balance_tasks"] and recipe["finetune_steps"] == 2
     load_model(str(run / "checkpoints" / "final"))  # the planner loads as a plain model
 
     # One more iteration from the saved state: the first two measurements are kept as they were.

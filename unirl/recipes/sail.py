@@ -707,6 +707,10 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
                   "guidance": config.guidance, "temperature": config.temperature, "horizon": config.horizon,
                   "rollouts_per_task": config.rollouts_per_task, "iterations": config.iterations,
                   "warmup_from": config.warmup_from}
+        # What the fine-tune learns from and how hard: two runs that differ here differ in result.
+        recipe |= {name: getattr(config, name) for name in (
+            "where_hint", "hindsight_hints", "changed_weight", "changed_radius", "balance_tasks",
+            "own_fraction", "learning_rate", "finetune_steps", "demo_episodes", "planner_warmup_steps")}
         atomic_write_text(run_dir / "recipe.json", json.dumps(recipe, indent=1) + "\n")
         if warmup is not None:
             idm = reuse_warmup(Path(config.warmup_from), run_dir, log).to(model.device)
