@@ -51,6 +51,12 @@ from unirl.models import UnifiedModel
 from unirl.models.inverse_dynamics import InverseDynamics, InverseDynamicsConfig, as_float, as_uint8, fit
 from unirl.progress import progress
 
+# What recipe.json records beside the task names: the options two runs can differ in and differ in result.
+RECIPE_FIELDS = ("model", "env", "seed", "filter", "guidance", "temperature", "horizon", "rollouts_per_task",
+                 "iterations", "warmup_from", "where_hint", "hindsight_hints", "changed_weight", "changed_radius",
+                 "balance_tasks", "own_fraction", "learning_rate", "finetune_steps", "demo_episodes",
+                 "planner_warmup_steps")
+
 
 @dataclass
 class Config(PolicyConfig):
@@ -702,15 +708,8 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
     base_seed = config.seed * 1_000_003
 
     if resume_from is None:
-        recipe = {"model": config.model, "env": config.env, "seen_tasks": [t.name for t in seen],
-                  "unseen_tasks": [t.name for t in unseen], "seed": config.seed, "filter": config.filter,
-                  "guidance": config.guidance, "temperature": config.temperature, "horizon": config.horizon,
-                  "rollouts_per_task": config.rollouts_per_task, "iterations": config.iterations,
-                  "warmup_from": config.warmup_from}
-        # What the fine-tune learns from and how hard: two runs that differ here differ in result.
-        recipe |= {name: getattr(config, name) for name in (
-            "where_hint", "hindsight_hints", "changed_weight", "changed_radius", "balance_tasks",
-            "own_fraction", "learning_rate", "finetune_steps", "demo_episodes", "planner_warmup_steps")}
+        recipe = {"seen_tasks": [t.name for t in seen], "unseen_tasks": [t.name for t in unseen],
+                  **{name: getattr(config, name) for name in RECIPE_FIELDS}}
         atomic_write_text(run_dir / "recipe.json", json.dumps(recipe, indent=1) + "\n")
         if warmup is not None:
             idm = reuse_warmup(Path(config.warmup_from), run_dir, log).to(model.device)
