@@ -56,6 +56,8 @@ RECIPE_FIELDS = ("model", "env", "seed", "filter", "guidance", "temperature", "h
                  "iterations", "warmup_from", "where_hint", "hindsight_hints", "changed_weight", "changed_radius",
                  "balance_tasks", "own_fraction", "learning_rate", "finetune_steps", "demo_episodes",
                  "planner_warmup_steps")
+# What sail_summary.json repeats of them beside the results: enough to tell two summaries' runs apart.
+SUMMARY_FIELDS = ("filter", "model", "env", "seed", "rollouts_per_task", "guidance", "temperature", "horizon")
 
 
 @dataclass
@@ -789,9 +791,8 @@ def train(config: Config, run_dir: str | Path, resume_from: Path | None = None,
         atomic_write_text(state_file, json.dumps(state) + "\n")
         save(run_dir, k, model, optimizer, config)
 
-    summary = {**state, "filter": config.filter, "model": config.model, "env": config.env, "seed": config.seed,
-               "unseen_tasks": [t.name for t in unseen], "rollouts_per_task": config.rollouts_per_task,
-               "guidance": config.guidance, "temperature": config.temperature, "horizon": config.horizon}
+    summary = {**state, "unseen_tasks": [t.name for t in unseen],
+               **{name: getattr(config, name) for name in SUMMARY_FIELDS}}
     atomic_write_text(run_dir / "sail_summary.json", json.dumps(summary, indent=1) + "\n")
     final = link_checkpoint(run_dir / "checkpoints" / f"step-{config.iterations}", "final")
     env.close()
